@@ -1,0 +1,123 @@
+"""I-JEPA configuration: transformers' encoder fields plus the predictor."""
+
+import copy
+
+from transformers import IJepaConfig as StockIJepaConfig
+from transformers import PreTrainedConfig
+
+
+def as_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """`224` -> `(224, 224)`; `(224, 160)` stays as it is."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"Expected an int or a (height, width) pair, got {value!r}.")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def check_positive(**values: int | float) -> None:
+    for name, value in values.items():
+        if value is None or value <= 0:
+            raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+
+
+def check_divisible(width_name: str, width: int, heads_name: str, heads: int) -> None:
+    if width % heads != 0:
+        raise ValueError(
+            f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}): "
+            f"each attention head gets {width_name} / {heads_name} channels."
+        )
+
+
+class IJepaConfig(StockIJepaConfig):
+    r"""
+    Configuration of an I-JEPA model: the ViT encoder (the fields and `model_type` of transformers'
+    [`~transformers.IJepaConfig`], so an exported encoder loads with stock transformers) and the narrow
+    ViT predictor used during pretraining.
+
+    Args:
+        hidden_size (`int`, defaults to 768): encoder width D.
+        num_hidden_layers (`int`, defaults to 12): encoder depth.
+        num_attention_heads (`int`, defaults to 12): encoder heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 3072): width of the encoder MLP (MLP ratio 4 in the paper).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact GELU, as in the reference).
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon of the reference implementation.
+        image_size (`int` or `(h, w)`, defaults to 224): input resolution; must be divisible by `patch_size`.
+        patch_size (`int`, defaults to 16): side of the square patches.
+        num_channels (`int`, defaults to 3): input channels.
+        qkv_bias (`bool`, defaults to `True`): bias in the query, key and value projections.
+        predictor_hidden_size (`int`, defaults to 384): predictor width (the paper uses 384 for ViT-H).
+        predictor_num_hidden_layers (`int`, defaults to 12): predictor depth.
+        predictor_num_attention_heads (`int`, *optional*): predictor heads; defaults to `num_attention_heads`
+            as in the paper; must divide `predictor_hidden_size`.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
+
+    The predictor's MLP has the same ratio to its width as the encoder's.
+    """
+
+    model_type = "ijepa"
+
+    layer_norm_eps: float = 1e-6
+    predictor_hidden_size: int = 384
+    predictor_num_hidden_layers: int = 12
+    predictor_num_attention_heads: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.predictor_num_attention_heads is None:
+            self.predictor_num_attention_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+        self.check_sizes()
+
+    def check_sizes(self) -> None:
+        """Raise `ValueError` naming the first field whose value cannot make a model."""
+        check_positive(
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            num_channels=self.num_channels,
+            predictor_hidden_size=self.predictor_hidden_size,
+            predictor_num_hidden_layers=self.predictor_num_hidden_layers,
+            predictor_num_attention_heads=self.predictor_num_attention_heads,
+        )
+        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
+        check_positive(image_size=min(image_size), patch_size=min(patch_size))
+        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+            raise ValueError(
+                f"`image_size` {self.image_size} must be divisible by `patch_size` {self.patch_size}: "
+                f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
+            )
+        check_divisible("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
+        check_divisible(
+            "predictor_hidden_size",
+            self.predictor_hidden_size,
+            "predictor_num_attention_heads",
+            self.predictor_num_attention_heads,
+        )
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patches per column and per row at the configured resolution."""
+        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
+        return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    def predictor_layer_config(self) -> "IJepaConfig":
+        """A copy whose encoder-layer fields describe one predictor block (narrow width, same MLP ratio)."""
+        layer_config = copy.copy(self)
+        layer_config.hidden_size = self.predictor_hidden_size
+        layer_config.num_attention_heads = self.predictor_num_attention_heads
+        layer_config.num_hidden_layers = self.predictor_num_hidden_layers
+        layer_config.intermediate_size = self.intermediate_size * self.predictor_hidden_size // self.hidden_size
+        return layer_config
+
+    def stock_config(self) -> StockIJepaConfig:
+        """The encoder part alone, as transformers' own `IJepaConfig` (what an exported encoder saves)."""
+        own_fields = set(StockIJepaConfig.__dataclass_fields__) - set(PreTrainedConfig.__dataclass_fields__)
+        return StockIJepaConfig(**{name: getattr(self, name) for name in own_fields})
+
+
+__all__ = ["IJepaConfig"]

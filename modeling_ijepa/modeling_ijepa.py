@@ -1,0 +1,324 @@
+"""I-JEPA: the ViT encoder, the narrow predictor and the pretraining model (Assran et al., CVPR 2023).
+
+The encoder reuses transformers' I-JEPA layers and parameter names, so the target encoder exported after
+pretraining loads in stock `transformers.IJepaModel` with no custom code.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.ijepa.modeling_ijepa import IJepaEmbeddings, IJepaLayer
+from transformers.models.ijepa.modeling_ijepa import IJepaPreTrainedModel as StockIJepaPreTrainedModel
+from transformers.utils import ModelOutput
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_ijepa import IJepaConfig
+
+
+def sincos_1d(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Fixed 1D sin-cos embedding: positions [N] (float64) -> [N, embed_dim] (float64), sines then cosines."""
+    frequencies = 1.0 / 10000 ** (torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0))
+    angles = positions.reshape(-1, 1) * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_2d(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Fixed 2D sin-cos table [H*W, embed_dim] in row-major patch order.
+
+    The first half of the channels encodes the column and the second half the row, the layout of the
+    reference implementation (and so of its checkpoints).
+    """
+    rows, columns = torch.meshgrid(
+        torch.arange(grid_size[0], dtype=torch.float64),
+        torch.arange(grid_size[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    table = torch.cat([sincos_1d(embed_dim // 2, columns), sincos_1d(embed_dim // 2, rows)], dim=1)
+    return table.float()
+
+
+def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: int, num_positions: int) -> None:
+    """Raise `ValueError` unless `indices` is an int64 tensor of `ndim` dims, batch first, in [0, num_positions)."""
+    if not isinstance(indices, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.LongTensor, got {type(indices).__name__}.")
+    if indices.dtype != torch.long:
+        raise ValueError(f"`{name}` must have dtype torch.int64, got {indices.dtype}.")
+    if indices.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(indices.shape)}.")
+    if indices.shape[0] != batch_size:
+        raise ValueError(
+            f"`{name}` has batch size {indices.shape[0]} but the pixel values have batch size {batch_size}."
+        )
+    if indices.numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(indices.shape)}): every block needs a patch.")
+    if torch.compiler.is_compiling():
+        return
+    low, high = int(indices.min()), int(indices.max())
+    if low < 0 or high >= num_positions:
+        raise ValueError(
+            f"`{name}` must lie in [0, {num_positions - 1}] (the patch grid), got values from {low} to {high}."
+        )
+
+
+def gather_tokens(hidden_states: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """hidden_states [B, N, D], indices [B, K] -> [B, K, D]: the tokens at those positions."""
+    return torch.gather(hidden_states, 1, indices.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+
+
+class IJepaPreTrainedModel(StockIJepaPreTrainedModel):
+    config: IJepaConfig
+    config_class = IJepaConfig
+    _no_split_modules = ["IJepaEmbeddings", "IJepaLayer", "IJepaPredictor"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading replaces parameters with fresh ones that require gradients: freeze the fixed ones again.
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_fixed_parameters()
+        return loaded
+
+    def freeze_fixed_parameters(self) -> None:
+        """Stop gradients to what never trains: sin-cos position tables (and, in pretraining, the EMA target)."""
+        for name, parameter in self.named_parameters():
+            if name.endswith("position_embeddings"):
+                parameter.requires_grad_(False)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, IJepaEmbeddings):
+            grid_size = (module.image_size[0] // module.patch_size, module.image_size[1] // module.patch_size)
+            init.copy_(module.position_embeddings, sincos_2d(module.position_embeddings.shape[-1], grid_size)[None])
+        elif isinstance(module, IJepaPredictor):
+            init.copy_(module.position_embeddings, sincos_2d(module.position_embeddings.shape[-1], module.grid_size)[None])
+            init.trunc_normal_(module.mask_token, std=self.config.initializer_range)
+
+
+class IJepaModel(IJepaPreTrainedModel):
+    """The I-JEPA ViT encoder: patch embedding + fixed 2D sin-cos positions (no CLS token), pre-norm blocks,
+    final LayerNorm. Given `context_indices` it runs on those patches only, as the context encoder does
+    during pretraining. Its parameter names are those of `transformers.IJepaModel`.
+    """
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        # Fixed sin-cos positions: stored in the checkpoint (stock transformers expects them) but never trained.
+        self.embeddings = IJepaEmbeddings(config)
+        self.layers = nn.ModuleList([IJepaLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+        self.freeze_fixed_parameters()
+
+    def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool) -> None:
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+            raise ValueError(f"`pixel_values` must be a [batch, channels, height, width] tensor, got {shape}.")
+        _, channels, height, width = pixel_values.shape
+        if channels != self.config.num_channels:
+            raise ValueError(
+                f"`pixel_values` must have {self.config.num_channels} channels (dim 1), got {channels} "
+                f"(shape {tuple(pixel_values.shape)})."
+            )
+        expected = self.embeddings.image_size
+        if not interpolate_pos_encoding and (height, width) != tuple(expected):
+            raise ValueError(
+                f"`pixel_values` must be {expected[0]}x{expected[1]} pixels, got {height}x{width}; "
+                "pass `interpolate_pos_encoding=True` to run at another resolution."
+            )
+        patch = self.config.patch_size if isinstance(self.config.patch_size, int) else self.config.patch_size[0]
+        if height % patch or width % patch:
+            raise ValueError(f"`pixel_values` {height}x{width} is not divisible by the patch size {patch}.")
+
+    @merge_with_config_defaults
+    @capture_outputs(tie_last_hidden_states=False)
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        context_indices: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `[B, C, H, W]`): images.
+            context_indices (`torch.LongTensor` of shape `[B, Kc]`, *optional*): row-major patch positions to
+                keep; the encoder then sees only those `Kc` patches (with their own positions).
+            interpolate_pos_encoding (`bool`, *optional*): interpolate the position table to the input size,
+                to run at a resolution other than `config.image_size`.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` `[B, N or Kc, D]` and `pooler_output` `[B, D]`
+            (the mean over tokens: I-JEPA has no CLS token).
+        """
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        self.check_pixel_values(pixel_values, interpolate_pos_encoding)
+        pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
+        hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        if context_indices is not None:
+            check_index_tensor("context_indices", context_indices, 2, pixel_values.shape[0], hidden_states.shape[1])
+            hidden_states = gather_tokens(hidden_states, context_indices)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, **kwargs)
+        sequence_output = self.layernorm(hidden_states)
+        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
+
+
+class IJepaPredictor(nn.Module):
+    """The narrow ViT predictor.
+
+    Each target block is predicted in a sequence of its own, `[context tokens | one mask token per target
+    patch]`, where every token carries the fixed sin-cos position of its patch; the outputs at the mask
+    tokens are projected back to the encoder width. All blocks of a batch run as one batch of `B * M`
+    sequences: the context tokens are broadcast with `expand`, not copied per block in Python.
+    """
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__()
+        layer_config = config.predictor_layer_config()
+        self.grid_size = config.grid_size
+        self.embed = nn.Linear(config.hidden_size, config.predictor_hidden_size)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.predictor_hidden_size))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, config.predictor_hidden_size))
+        self.layers = nn.ModuleList([IJepaLayer(layer_config) for _ in range(config.predictor_num_hidden_layers)])
+        self.layernorm = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
+        self.projection = nn.Linear(config.predictor_hidden_size, config.hidden_size)
+
+    def forward(
+        self, context_hidden_states: torch.Tensor, context_indices: torch.Tensor, target_indices: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Args:
+            context_hidden_states: `[B, Kc, D]` context-encoder output at `context_indices`.
+            context_indices: `[B, Kc]` int64 patch positions of the context tokens.
+            target_indices: `[B, M, Kt]` int64 patch positions of the M target blocks.
+
+        Returns:
+            `[B, M, Kt, D]`: predicted target-encoder features of each target patch.
+        """
+        batch_size, num_targets, target_length = target_indices.shape
+        context_length = context_indices.shape[1]
+        positions = self.position_embeddings[0]
+        context_tokens = self.embed(context_hidden_states) + positions[context_indices]
+        mask_tokens = self.mask_token + positions[target_indices]  # [B, M, Kt, Dp]
+        context_tokens = context_tokens.unsqueeze(1).expand(-1, num_targets, -1, -1)
+        hidden_states = torch.cat([context_tokens, mask_tokens], dim=2).flatten(0, 1)  # [B*M, Kc+Kt, Dp]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None)
+        predictions = self.projection(self.layernorm(hidden_states[:, context_length:]))
+        return predictions.view(batch_size, num_targets, target_length, -1)
+
+
+@dataclass
+class IJepaForPreTrainingOutput(ModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `[]`): smooth L1 between predictions and targets (beta 1, mean).
+    predictions (`torch.FloatTensor` of shape `[B, M, Kt, D]`): predictor output for each target block.
+    targets (`torch.FloatTensor` of shape `[B, M, Kt, D]`): target-encoder features at the target patches,
+        layer-normed over features without affine parameters.
+    context_hidden_states (`torch.FloatTensor` of shape `[B, Kc, D]`): context-encoder output.
+    """
+
+    loss: torch.FloatTensor | None = None
+    predictions: torch.FloatTensor | None = None
+    targets: torch.FloatTensor | None = None
+    context_hidden_states: torch.FloatTensor | None = None
+
+
+class IJepaForPreTraining(IJepaPreTrainedModel):
+    """I-JEPA pretraining: a context encoder, a predictor, and a target encoder that is an exponential moving
+    average of the context encoder (no gradients; it moves only through `update_target_encoder`).
+
+    The target encoder is the model's base model: it is what evaluation uses, what `export_encoder` returns,
+    and it is saved under the `ijepa.` prefix so that `AutoModel.from_pretrained` on a saved pretraining
+    folder loads it into stock `transformers.IJepaModel`.
+    """
+
+    base_model_prefix = "target_encoder"
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        self.context_encoder = IJepaModel(config)
+        self.target_encoder = IJepaModel(config)
+        self.predictor = IJepaPredictor(config)
+        self.post_init()
+        self.freeze_fixed_parameters()
+
+    def freeze_fixed_parameters(self) -> None:
+        super().freeze_fixed_parameters()
+        self.target_encoder.requires_grad_(False)
+
+    def init_weights(self):
+        super().init_weights()
+        self.copy_context_to_target()
+
+    @torch.no_grad()
+    def copy_context_to_target(self) -> None:
+        """Make the target encoder an exact copy of the context encoder (its state at the start of training)."""
+        for target, context in zip(self.target_encoder.parameters(), self.context_encoder.parameters()):
+            target.copy_(context)
+
+    @torch.no_grad()
+    def update_target_encoder(self, momentum: float) -> None:
+        """EMA step: `target = momentum * target + (1 - momentum) * context`, for every parameter."""
+        target_parameters = list(self.target_encoder.parameters())
+        context_parameters = [parameter.detach() for parameter in self.context_encoder.parameters()]
+        torch._foreach_mul_(target_parameters, momentum)
+        torch._foreach_add_(target_parameters, context_parameters, alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def compute_targets(self, pixel_values: torch.Tensor, target_indices: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B, C, H, W], target_indices [B, M, Kt] -> layer-normed targets [B, M, Kt, D]."""
+        features = self.target_encoder(pixel_values).last_hidden_state
+        features = F.layer_norm(features, (features.shape[-1],))
+        batch_size, num_targets, target_length = target_indices.shape
+        targets = gather_tokens(features, target_indices.reshape(batch_size, -1))
+        return targets.view(batch_size, num_targets, target_length, -1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        context_indices: torch.Tensor,
+        target_indices: torch.Tensor,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> IJepaForPreTrainingOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `[B, C, H, W]`): images.
+            context_indices (`torch.LongTensor` of shape `[B, Kc]`): patches the context encoder sees.
+            target_indices (`torch.LongTensor` of shape `[B, M, Kt]`): patches of the M target blocks.
+        """
+        self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
+        batch_size = pixel_values.shape[0]
+        check_index_tensor("context_indices", context_indices, 2, batch_size, self.config.num_patches)
+        check_index_tensor("target_indices", target_indices, 3, batch_size, self.config.num_patches)
+
+        targets = self.compute_targets(pixel_values, target_indices)
+        context_hidden_states = self.context_encoder(pixel_values, context_indices=context_indices).last_hidden_state
+        predictions = self.predictor(context_hidden_states, context_indices, target_indices)
+        loss = F.smooth_l1_loss(predictions, targets)
+        output = IJepaForPreTrainingOutput(
+            loss=loss, predictions=predictions, targets=targets, context_hidden_states=context_hidden_states
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def export_encoder(self) -> IJepaModel:
+        """The target encoder, the one the paper evaluates and publishes."""
+        return self.target_encoder
+
+
+# On disk the target encoder lives under `ijepa.`, the base-model prefix of stock `transformers.IJepaModel`,
+# which then strips it and finds the trained weights. Saving applies the reverse renaming.
+register_checkpoint_conversion_mapping(
+    "IJepaForPreTraining",
+    [WeightRenaming(source_patterns=r"^ijepa\.", target_patterns="target_encoder.")],
+    overwrite=True,
+)
+
+__all__ = ["IJepaPreTrainedModel", "IJepaModel", "IJepaPredictor", "IJepaForPreTraining", "IJepaForPreTrainingOutput"]

@@ -1,0 +1,40 @@
+"""Shared paths and tiny configurations for the test suite."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+OFFICIAL = SHARED / "fixtures" / "official"
+CIFAR10 = SHARED / "data" / "cifar10"
+VIDEO_TINY = SHARED / "data" / "video_tiny"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not available (it lives in ../shared beside the checkout)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def tiny_ijepa_config():
+    from modeling_ijepa import IJepaConfig
+
+    return IJepaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        image_size=32,
+        patch_size=4,
+        predictor_hidden_size=32,
+        predictor_num_hidden_layers=2,
+    )

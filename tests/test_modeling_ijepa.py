@@ -1,0 +1,189 @@
+"""Behaviour of the I-JEPA config, encoder, predictor and pretraining model."""
+
+import pytest
+import torch
+
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining, IJepaModel
+
+
+def random_indices(batch_size=2, num_targets=4, context_length=20, target_length=9, num_patches=64):
+    context = torch.stack([torch.randperm(num_patches)[:context_length] for _ in range(batch_size)])
+    target = torch.stack(
+        [torch.stack([torch.randperm(num_patches)[:target_length] for _ in range(num_targets)]) for _ in range(batch_size)]
+    )
+    return context, target
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"image_size": 30, "patch_size": 4}, "divisible by `patch_size`"),
+        ({"hidden_size": 64, "num_attention_heads": 5}, "divisible by `num_attention_heads`"),
+        ({"predictor_hidden_size": 30, "predictor_num_attention_heads": 4}, "divisible by `predictor_num_attention_heads`"),
+        ({"num_hidden_layers": 0}, "num_hidden_layers"),
+        ({"patch_size": 0}, "patch_size"),
+    ],
+)
+def test_invalid_configs_raise_value_error(overrides, message):
+    base = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=4)
+    with pytest.raises(ValueError, match=message):
+        IJepaConfig(**(base | overrides))
+
+
+def test_predictor_heads_default_to_encoder_heads():
+    config = IJepaConfig(hidden_size=64, num_attention_heads=4, predictor_hidden_size=32)
+    assert config.predictor_num_attention_heads == 4
+    assert config.layer_norm_eps == 1e-6
+
+
+def test_encoder_shapes_and_pooling(tiny_ijepa_config):
+    model = IJepaModel(tiny_ijepa_config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    output = model(pixel_values, output_hidden_states=True)
+    assert output.last_hidden_state.shape == (2, 64, 64)
+    torch.testing.assert_close(output.pooler_output, output.last_hidden_state.mean(1))
+    assert len(output.hidden_states) == tiny_ijepa_config.num_hidden_layers + 1
+    context, _ = random_indices()
+    assert model(pixel_values, context_indices=context).last_hidden_state.shape == (2, 20, 64)
+
+
+def test_masked_encoder_equals_encoder_on_cropped_sequence(tiny_ijepa_config):
+    """Running on context indices must equal running the blocks on exactly those embedded tokens."""
+    model = IJepaModel(tiny_ijepa_config).eval()
+    pixel_values = torch.randn(1, 3, 32, 32)
+    all_patches = torch.arange(64)[None]
+    with torch.no_grad():
+        full = model(pixel_values).last_hidden_state
+        identity = model(pixel_values, context_indices=all_patches).last_hidden_state
+    torch.testing.assert_close(full, identity)
+
+
+def test_other_resolutions_with_interpolation(tiny_ijepa_config):
+    model = IJepaModel(tiny_ijepa_config).eval()
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model(torch.randn(1, 3, 48, 48))
+    output = model(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True)
+    assert output.last_hidden_state.shape == (1, 144, 64)
+
+
+def test_sdpa_and_eager_attention_agree(tiny_ijepa_config):
+    eager = IJepaForPreTraining._from_config(tiny_ijepa_config, attn_implementation="eager").eval()
+    sdpa = IJepaForPreTraining._from_config(tiny_ijepa_config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    pixel_values = torch.randn(2, 3, 32, 32)
+    context, target = random_indices()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            eager(pixel_values, context, target).predictions, sdpa(pixel_values, context, target).predictions, atol=1e-5, rtol=1e-4
+        )
+
+
+def test_target_encoder_starts_as_copy_and_round_trips(tiny_ijepa_config, tmp_path):
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    for target, context in zip(model.target_encoder.state_dict().values(), model.context_encoder.state_dict().values()):
+        assert torch.equal(target, context)
+    model.update_target_encoder(0.0)
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")) and (tmp_path / "model.safetensors").exists()
+    loaded = IJepaForPreTraining.from_pretrained(tmp_path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    assert not any(parameter.requires_grad for parameter in loaded.target_encoder.parameters())
+
+
+def test_gradients_reach_context_encoder_and_predictor_only(tiny_ijepa_config):
+    model = IJepaForPreTraining(tiny_ijepa_config).train()
+    context, target = random_indices()
+    output = model(torch.randn(2, 3, 32, 32), context, target)
+    assert output.predictions.shape == output.targets.shape == (2, 4, 9, 64)
+    output.loss.backward()
+    for name, parameter in model.named_parameters():
+        fixed = name.startswith("target_encoder") or name.endswith("position_embeddings")
+        if fixed:
+            assert parameter.grad is None, name
+        else:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+    touched = [p for n, p in model.named_parameters() if n.startswith(("context_encoder.layers", "predictor.layers"))]
+    assert all(p.grad.abs().sum() > 0 for p in touched)
+
+
+def test_targets_are_layer_normed_without_affine(tiny_ijepa_config):
+    model = IJepaForPreTraining(tiny_ijepa_config).eval()
+    context, target = random_indices()
+    targets = model(torch.randn(2, 3, 32, 32), context, target).targets
+    torch.testing.assert_close(targets.mean(-1), torch.zeros(targets.shape[:-1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(targets.var(-1, unbiased=False), torch.ones(targets.shape[:-1]), atol=1e-3, rtol=0)
+
+
+def test_update_target_encoder_is_exact_ema(tiny_ijepa_config):
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    with torch.no_grad():
+        for parameter in model.context_encoder.parameters():
+            parameter.copy_(torch.randn_like(parameter))
+    before = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    context = dict(model.context_encoder.named_parameters())
+    momentum = 0.996
+    model.update_target_encoder(momentum)
+    for name, parameter in model.target_encoder.named_parameters():
+        expected = before[name] * momentum + context[name].detach() * (1 - momentum)
+        torch.testing.assert_close(parameter, expected, atol=1e-7, rtol=1e-6)
+    after = {n: p.clone() for n, p in model.target_encoder.named_parameters()}
+    model.update_target_encoder(1.0)  # momentum 1 (end of the schedule) freezes the target encoder
+    assert all(torch.equal(p, after[n]) for n, p in model.target_encoder.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("channels", "must have 3 channels"),
+        ("size", "must be 32x32 pixels, got 40x40"),
+        ("out_of_range", r"must lie in \[0, 63\].*got values from 0 to 64"),
+        ("negative", r"must lie in \[0, 63\]"),
+        ("dtype", "must have dtype torch.int64, got torch.int32"),
+        ("context_shape", "`context_indices` must have 2 dimensions"),
+        ("target_shape", "`target_indices` must have 3 dimensions"),
+        ("batch", "batch size 3 but the pixel values have batch size 2"),
+        ("rank", r"\[batch, channels, height, width\]"),
+    ],
+)
+def test_bad_input_names_expected_and_received(tiny_ijepa_config, case, message):
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    context, target = random_indices()
+    if case == "channels":
+        pixel_values = torch.randn(2, 1, 32, 32)
+    elif case == "size":
+        pixel_values = torch.randn(2, 3, 40, 40)
+    elif case == "out_of_range":
+        context = context.clone()
+        context[0, 0] = 64
+        context[1, 0] = 0
+    elif case == "negative":
+        target = target.clone()
+        target[0, 0, 0] = -1
+    elif case == "dtype":
+        context = context.int()
+    elif case == "context_shape":
+        context = context[0]
+    elif case == "target_shape":
+        target = target[:, 0]
+    elif case == "batch":
+        context = torch.cat([context, context[:1]])
+    elif case == "rank":
+        pixel_values = pixel_values[0]
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values, context, target)
+
+
+def test_activation_checkpointing_gives_same_gradients(tiny_ijepa_config):
+    model = IJepaForPreTraining(tiny_ijepa_config).train()
+    context, target = random_indices()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    model(pixel_values, context, target).loss.backward()
+    expected = [p.grad.clone() for p in model.context_encoder.parameters() if p.grad is not None]
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(pixel_values, context, target).loss.backward()
+    observed = [p.grad for p in model.context_encoder.parameters() if p.grad is not None]
+    for a, b in zip(expected, observed):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
