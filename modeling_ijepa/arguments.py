@@ -1,0 +1,160 @@
+"""Command-line arguments of the pretraining script, with YAML recipes.
+
+`--config recipe.yaml` sets defaults from a recipe whose keys are argument names; arguments given on the
+command line override it. Unknown keys and impossible values are refused before any work starts.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+
+def float_pair(text: str) -> tuple[float, float]:
+    values = [float(value) for value in str(text).replace("(", "").replace(")", "").split(",")]
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers, got {text!r}")
+    return values[0], values[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="I-JEPA / V-JEPA pretraining with Accelerate.")
+    add = parser.add_argument
+    add("--config", type=str, default=None, help="YAML recipe; command-line arguments override its values.")
+    add("--modality", choices=["image", "video"], default="image")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", type=str, default=None, help="Hub id or local folder in Hub layout.")
+    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--train_dir", type=str, default=None, help="Image folder, or video folder for --modality video.")
+    data.add_argument("--train_split", type=str, default="train")
+    data.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
+    data.add_argument("--video_column_name", type=str, default=None)
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--cache_dir", type=str, default=None)
+    data.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
+    data.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
+    data.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", type=str, default=None, help="Continue from a saved pretraining model.")
+    model.add_argument("--image_size", type=int, default=224)
+    model.add_argument("--patch_size", type=int, default=16)
+    model.add_argument("--tubelet_size", type=int, default=2)
+    model.add_argument("--hidden_size", type=int, default=768)
+    model.add_argument("--num_hidden_layers", type=int, default=12)
+    model.add_argument("--num_attention_heads", type=int, default=12)
+    model.add_argument("--mlp_ratio", type=float, default=4.0)
+    model.add_argument("--predictor_hidden_size", type=int, default=384)
+    model.add_argument("--predictor_num_hidden_layers", type=int, default=6)
+    model.add_argument("--predictor_num_attention_heads", type=int, default=None)
+    model.add_argument("--uniform_power", action=argparse.BooleanOptionalAction, default=True, help="Video positions.")
+    model.add_argument("--attn_implementation", type=str, default="sdpa", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
+    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--torch_compile", action="store_true")
+
+    masking = parser.add_argument_group("masking")
+    masking.add_argument("--num_targets", type=int, default=4)
+    masking.add_argument("--target_scale", type=float_pair, default=(0.15, 0.2))
+    masking.add_argument("--target_aspect_ratio", type=float_pair, default=(0.75, 1.5))
+    masking.add_argument("--context_scale", type=float_pair, default=(0.85, 1.0))
+    masking.add_argument("--min_context_patches", type=int, default=10)
+    masking.add_argument("--allow_overlap", action="store_true")
+
+    optimisation = parser.add_argument_group("optimisation")
+    optimisation.add_argument("--per_device_train_batch_size", type=int, default=8)
+    optimisation.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optimisation.add_argument("--num_train_epochs", type=int, default=1)
+    optimisation.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optimisation.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
+    optimisation.add_argument("--start_lr", type=float, default=2e-4)
+    optimisation.add_argument("--final_lr", type=float, default=1e-6)
+    optimisation.add_argument("--warmup_epochs", type=float, default=0.0)
+    optimisation.add_argument("--warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
+    optimisation.add_argument("--weight_decay", type=float, default=0.04)
+    optimisation.add_argument("--final_weight_decay", type=float, default=0.4)
+    optimisation.add_argument("--ema_momentum", type=float, default=0.996)
+    optimisation.add_argument("--final_ema_momentum", type=float, default=1.0)
+    optimisation.add_argument("--momentum_schedule", choices=["linear", "cosine"], default="linear")
+    optimisation.add_argument("--adam_beta1", type=float, default=0.9)
+    optimisation.add_argument("--adam_beta2", type=float, default=0.999)
+    optimisation.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping; off by default.")
+    optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optimisation.add_argument("--seed", type=int, default=0)
+    optimisation.add_argument("--on_nonfinite_loss", choices=["error", "skip"], default="error")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--output_dir", type=str, default="outputs/ijepa")
+    output.add_argument("--checkpointing_steps", type=str, default=None, help="An integer, or 'epoch'.")
+    output.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest K checkpoints.")
+    output.add_argument("--resume_from_checkpoint", type=str, default=None, help="A checkpoint folder or 'latest'.")
+    output.add_argument("--logging_steps", type=int, default=10)
+    output.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
+    output.add_argument("--report_to", type=str, default=None, help="Trackers for Accelerate (tensorboard, wandb, all).")
+    output.add_argument("--push_to_hub", action="store_true")
+    output.add_argument("--hub_model_id", type=str, default=None)
+    output.add_argument("--hub_token", type=str, default=None)
+    output.add_argument("--hub_private_repo", action="store_true")
+    return parser
+
+
+def load_recipe(path: str | Path, parser: argparse.ArgumentParser) -> dict:
+    """Read a YAML recipe and refuse keys the parser does not know."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file.")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"--config {path} must hold a mapping of argument names to values.")
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise ValueError(f"Unknown keys in {path}: {unknown}. Valid keys are the script's argument names: {sorted(known)}.")
+    pairs = {action.dest for action in parser._actions if action.type is float_pair}
+    return {key: tuple(value) if key in pairs else value for key, value in recipe.items()}
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Contradictions that would fail later, refused now with the argument's name."""
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "logging_steps",
+                 "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                 "predictor_hidden_size", "predictor_num_hidden_layers", "num_targets"):
+        value = getattr(args, name)
+        if value is None or value <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {value}.")
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name} must be positive when given, got {value}.")
+    if args.image_size % args.patch_size:
+        raise ValueError(f"--image_size {args.image_size} is not divisible by --patch_size {args.patch_size}.")
+    if args.modality == "video" and args.num_frames % args.tubelet_size:
+        raise ValueError(f"--num_frames {args.num_frames} is not divisible by --tubelet_size {args.tubelet_size}.")
+    if args.hidden_size % args.num_attention_heads:
+        raise ValueError(f"--hidden_size {args.hidden_size} is not divisible by --num_attention_heads {args.num_attention_heads}.")
+    if args.predictor_hidden_size > args.hidden_size:
+        logger.warning(
+            "--predictor_hidden_size %d is wider than the encoder (%d): allowed, but I-JEPA's predictor is meant to be narrow.",
+            args.predictor_hidden_size, args.hidden_size,
+        )
+    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
+        raise ValueError(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}.")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ijepa-vit-tiny-cifar10).")
+    for name in ("ema_momentum", "final_ema_momentum"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name} must be in [0, 1], got {getattr(args, name)}.")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    preliminary, _ = parser.parse_known_args(argv)
+    if preliminary.config:
+        parser.set_defaults(**load_recipe(preliminary.config, parser))
+    args = parser.parse_args(argv)
+    validate(args)
+    return args

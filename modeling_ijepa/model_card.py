@@ -1,0 +1,48 @@
+"""Model cards and training-curve pictures for pretraining runs."""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+
+
+def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
+    """Loss (left) and collapse monitor (right) against the optimizer step, as a PNG."""
+    figure, (loss_axis, monitor_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
+    losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    if losses:
+        loss_axis.plot(*zip(*losses), color="tab:blue")
+    loss_axis.set(xlabel="optimizer step", ylabel="prediction loss", title="Loss")
+    loss_axis.grid(alpha=0.3)
+    monitor = [(entry["step"], entry["feature_std"], entry["effective_rank"]) for entry in log_history if "effective_rank" in entry]
+    if monitor:
+        steps, stds, ranks = zip(*monitor)
+        monitor_axis.plot(steps, ranks, color="tab:green", marker="o", markersize=3)
+        monitor_axis.set_ylabel("effective rank of target features")
+        std_axis = monitor_axis.twinx()
+        std_axis.plot(steps, stds, color="tab:red", linestyle="--", marker="s", markersize=3)
+        std_axis.set_ylabel("mean per-dimension std")
+        monitor_axis.legend(
+            monitor_axis.get_lines() + std_axis.get_lines(), ["effective rank", "per-dimension std"], loc="best", fontsize=8
+        )
+    monitor_axis.set(xlabel="optimizer step", title="Collapse monitor")
+    monitor_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def write_model_card(output_dir: str | Path, template: str | Path, card_values: dict, card_data: dict) -> ModelCard:
+    """Render `template` (Jinja, with `card_data` as YAML front matter) into `output_dir/README.md`."""
+    data = ModelCardData(**card_data)
+    values = dict(card_values)
+    values["hyperparameters"] = yaml.safe_dump(json.loads(json.dumps(values.pop("hyperparameters"))), sort_keys=True).strip()
+    card = ModelCard.from_template(data, template_path=str(template), **values)
+    card.save(Path(output_dir) / "README.md")
+    return card

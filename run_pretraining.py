@@ -1,0 +1,398 @@
+#!/usr/bin/env python
+"""I-JEPA (images) and V-JEPA (video) self-supervised pretraining with Accelerate.
+
+    accelerate launch run_pretraining.py --config configs/cifar10_vit_tiny.yaml --output_dir outputs/cifar10
+
+With no dataset argument it pretrains on scikit-learn's bundled digits, a real image set that needs no
+download. At the end `--output_dir` holds the target encoder in transformers' format (loadable with
+`AutoModel.from_pretrained` and the image-feature-extraction pipeline), the full pretraining model in
+`pretraining/`, the training curves and a model card; `--push_to_hub` uploads it.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from modeling_ijepa.arguments import parse_args
+from modeling_ijepa.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from modeling_ijepa.export import save_encoder_for_transformers
+from modeling_ijepa.image_data import (
+    SkipUnreadable,
+    find_image_column,
+    load_image_dataset,
+    prepare_image_dataset,
+    pretraining_transform,
+)
+from modeling_ijepa.model_card import plot_training_curves, write_model_card
+from modeling_ijepa.schedules import Schedules
+from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples, collapse_statistics, parameter_groups
+
+logger = get_logger(__name__)
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pretraining.md"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def build_image_dataset(args):
+    """(dataset of {"pixel_values"}, description) for the image modality."""
+    splits = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.cache_dir)
+    if args.train_split not in splits:
+        raise ValueError(f"No split `{args.train_split}` in the dataset; it has {list(splits)}. Use --train_split.")
+    train = splits[args.train_split]
+    image_column = find_image_column(train, args.image_column_name)
+    if args.max_train_samples is not None:
+        train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
+    train = prepare_image_dataset(train, image_column, pretraining_transform(args.image_size, tuple(args.crop_scale)))
+    description = args.dataset_name or args.train_dir or "scikit-learn digits"
+    return train, description
+
+
+def build_video_dataset(args):
+    from modeling_ijepa.video_data import VideoClipDataset, VideoClipTransform
+
+    transform = VideoClipTransform(args.image_size, scale=tuple(args.crop_scale))
+    if args.train_dir is None and args.dataset_name is None:
+        raise ValueError("--modality video needs --train_dir (a folder of videos) or --dataset_name with a video column.")
+    if args.train_dir is not None:
+        dataset = VideoClipDataset.from_folder(
+            args.train_dir, num_frames=args.num_frames, frame_step=args.frame_step, transform=transform, seed=args.seed
+        )
+    else:
+        from datasets import load_dataset
+
+        split = load_dataset(args.dataset_name, args.dataset_config_name, split=args.train_split, cache_dir=args.cache_dir)
+        dataset = VideoClipDataset.from_hf_dataset(
+            split, video_column=args.video_column_name or "video", num_frames=args.num_frames,
+            frame_step=args.frame_step, transform=transform, seed=args.seed,
+        )
+    if args.max_train_samples is not None and args.max_train_samples < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.max_train_samples))
+    return dataset, args.train_dir or args.dataset_name
+
+
+def build_mask_collator(args, seed: int):
+    if args.modality == "video":
+        return MultiBlock3DMaskCollator(
+            num_frames=args.num_frames, image_size=args.image_size, patch_size=args.patch_size,
+            tubelet_size=args.tubelet_size, seed=seed,
+        )
+    return MultiBlockMaskCollator(
+        args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=tuple(args.target_scale),
+        target_aspect_ratio=tuple(args.target_aspect_ratio), context_scale=tuple(args.context_scale),
+        min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap, seed=seed,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def build_model(args):
+    if args.modality == "video":
+        from modeling_ijepa import VJepaConfig, VJepaForPreTraining
+
+        model_class, config_class, extra = VJepaForPreTraining, VJepaConfig, {
+            "num_frames": args.num_frames, "tubelet_size": args.tubelet_size, "uniform_power": args.uniform_power,
+        }
+    else:
+        model_class, config_class, extra = IJepaForPreTraining, IJepaConfig, {}
+    if args.model_name_or_path:
+        return model_class.from_pretrained(args.model_name_or_path, attn_implementation=args.attn_implementation)
+    config = config_class(
+        image_size=args.image_size, patch_size=args.patch_size, hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
+        intermediate_size=int(args.hidden_size * args.mlp_ratio), predictor_hidden_size=args.predictor_hidden_size,
+        predictor_num_hidden_layers=args.predictor_num_hidden_layers,
+        predictor_num_attention_heads=args.predictor_num_attention_heads, **extra,
+    )
+    return model_class._from_config(config, attn_implementation=args.attn_implementation)
+
+
+def model_inputs(batch: dict, modality: str) -> dict:
+    pixel_key = "pixel_values_videos" if modality == "video" else "pixel_values"
+    return {pixel_key: batch[pixel_key], "context_indices": batch["context_indices"], "target_indices": batch["target_indices"]}
+
+
+def first_targets(targets):
+    return targets[0] if isinstance(targets, list) else targets
+
+
+# ----------------------------------------------------------------------------------------------- save
+
+
+def export_final_model(accelerator, model, args, log_history, card_values, card_data) -> None:
+    """Write the exported encoder at the root of --output_dir, the pretraining model beside it, the curves
+    and the model card; then push to the Hub if asked."""
+    output_dir = Path(args.output_dir)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(output_dir / "pretraining")
+    if args.modality == "image":
+        save_encoder_for_transformers(unwrapped.export_encoder(), output_dir)
+    else:
+        unwrapped.export_encoder().save_pretrained(output_dir)
+    with open(output_dir / "training_log.jsonl", "w") as file:
+        file.writelines(json.dumps(entry) + "\n" for entry in log_history)
+    plot_training_curves(log_history, output_dir / "training_curves.png")
+    write_model_card(output_dir, MODEL_CARD_TEMPLATE, card_values, card_data)
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=args.hub_token)
+        repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
+        api.upload_folder(
+            repo_id=repo_id, folder_path=output_dir, commit_message="Upload pretrained JEPA encoder",
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**"],
+        )
+        logger.info(f"Pushed {output_dir} to https://huggingface.co/{repo_id}")
+
+
+def card_contents(args, accelerator, state, num_examples, description, global_batch, schedules, wall_clock):
+    image = args.modality == "image"
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    card_data = {
+        "library_name": "transformers" if image else "modeling_ijepa",
+        "pipeline_tag": "image-feature-extraction" if image else "video-classification",
+        "license": "apache-2.0",
+        "tags": ["ijepa" if image else "vjepa", "jepa", "self-supervised-learning", "vision", "modeling_ijepa"],
+    }
+    if args.dataset_name and not Path(args.dataset_name).exists():
+        card_data["datasets"] = [args.dataset_name]
+    hyperparameters = {key: (list(value) if isinstance(value, tuple) else value) for key, value in vars(args).items()
+                       if key not in ("hub_token",)}
+    values = {
+        "model_name": Path(args.hub_model_id or args.output_dir).name,
+        "repo_id": args.hub_model_id or args.output_dir,
+        "architecture": f"ViT (width {args.hidden_size}, depth {args.num_hidden_layers})",
+        "method": "I-JEPA" if image else "V-JEPA",
+        "paper": "Assran et al., CVPR 2023" if image else "Bardes et al., 2024",
+        "stock_loadable": image,
+        "dataset_description": description,
+        "num_examples": num_examples,
+        "global_step": state["global_step"],
+        "images_seen": state["images_seen"],
+        "unit": "images" if image else "clips",
+        "epochs": f"{state['global_step'] * args.gradient_accumulation_steps / max(1, state['batches_per_epoch']):.2f}",
+        "global_batch_size": global_batch,
+        "num_processes": accelerator.num_processes,
+        "per_device_batch": args.per_device_train_batch_size,
+        "accumulation": args.gradient_accumulation_steps,
+        "hidden_size": args.hidden_size,
+        "num_layers": args.num_hidden_layers,
+        "num_heads": args.num_attention_heads,
+        "patch_size": args.patch_size,
+        "image_size": args.image_size,
+        "num_patches": (args.image_size // args.patch_size) ** 2,
+        "predictor_hidden_size": args.predictor_hidden_size,
+        "predictor_layers": args.predictor_num_hidden_layers,
+        "masking": (
+            f"{args.num_targets} target blocks, scale {tuple(args.target_scale)}, aspect {tuple(args.target_aspect_ratio)}; "
+            f"context scale {tuple(args.context_scale)}" if image else "V-JEPA multi-block 3D: 8 short-range + 2 long-range blocks"
+        ),
+        "start_lr": args.start_lr, "lr": args.learning_rate, "final_lr": args.final_lr,
+        "warmup_steps": schedules.warmup_steps, "wd": args.weight_decay, "final_wd": args.final_weight_decay,
+        "ema": args.ema_momentum, "final_ema": args.final_ema_momentum, "momentum_schedule": args.momentum_schedule,
+        "precision": accelerator.mixed_precision,
+        "final_loss": f"{losses[-1]:.4f}" if losses else "n/a",
+        "wall_clock": f"{wall_clock / 60:.1f} min",
+        "hyperparameters": hyperparameters,
+    }
+    return values, card_data
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def train(args, step_callback=None):
+    """Run pretraining; returns `(accelerator, model, state, card)` where card holds the model-card values.
+
+    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
+    accelerator = Accelerator(
+        # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(output_dir, os.W_OK):
+            raise PermissionError(f"--output_dir {output_dir} is not writable.")
+
+    dataset, description = build_video_dataset(args) if args.modality == "video" else build_image_dataset(args)
+    examples = SeededExamples(dataset, args.seed)
+    # Every process draws the masks of the whole global batch with the same seed and keeps its rows.
+    mask_collator = build_mask_collator(args, seed=args.seed)
+    collate = SkipUnreadable(
+        GlobalBatchMaskCollate(mask_collator, args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index)
+    )
+    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    if len(examples) < args.per_device_train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"The dataset has {len(examples)} examples, fewer than one batch "
+            f"({args.per_device_train_batch_size} per device x {accelerator.num_processes} processes)."
+        )
+    dataloader = DataLoader(
+        examples, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+
+    model = build_model(args)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    groups = parameter_groups(model)
+    optimizer = torch.optim.AdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        foreach=None if torch.cuda.is_available() else True, fused=True if torch.cuda.is_available() else None,
+    )
+    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    if args.torch_compile:
+        model = torch.compile(model)
+
+    batches_per_epoch = len(dataloader)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_epochs * steps_per_epoch)
+    schedules = Schedules(
+        total_steps=total_steps, warmup_steps=min(warmup_steps, total_steps), lr=args.learning_rate,
+        start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
+        final_weight_decay=args.final_weight_decay, ema_momentum=args.ema_momentum,
+        final_ema_momentum=args.final_ema_momentum, momentum_schedule=args.momentum_schedule,
+    )
+    if args.report_to:
+        accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
+
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
+             "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0}
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint == "latest":
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
+    if checkpoint:
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
+        logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
+                    f"batch {state['batches_in_epoch']}).")
+
+    logger.info(f"***** Pretraining ({args.modality}) *****")
+    logger.info(f"  Examples = {len(examples)}, epochs = {num_epochs}, optimizer steps = {total_steps}")
+    logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
+    progress = tqdm(range(total_steps), initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
+    unwrapped = accelerator.unwrap_model(model)
+    started = time.perf_counter() - state["wall_clock"]
+
+    def save(step: int) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state["wall_clock"] = time.perf_counter() - started
+            path = save_checkpoint(output_dir, step, unwrapped, optimizer, state, args.checkpoints_total_limit)
+            logger.info(f"Saved {path}")
+        accelerator.wait_for_everyone()
+
+    model.train()
+    for epoch in range(state["epoch"], num_epochs):
+        if state["global_step"] >= total_steps:
+            break
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        examples.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
+        collate.set_epoch(epoch, start_batch=skip)
+        epoch_loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        state["epoch"], state["batches_in_epoch"] = epoch, skip
+        for batch in epoch_loader:
+            state["batches_in_epoch"] += 1
+            state["num_skipped"] += batch.pop("num_skipped")
+            if "context_indices" not in batch:  # every example of this batch was unreadable
+                continue
+            step = state["global_step"]
+            for group in optimizer.param_groups:
+                group["lr"] = schedules.learning_rate(step)
+                group["weight_decay"] = schedules.weight_decay_at(step) if group["apply_weight_decay"] else 0.0
+            with accelerator.accumulate(model):
+                output = model(**model_inputs(batch, args.modality))
+                loss = output.loss
+                finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all().item()
+                if not finite:
+                    message = f"Non-finite loss ({loss.item()}) at optimizer step {step} (epoch {epoch})."
+                    if args.on_nonfinite_loss == "error":
+                        raise NonFiniteLossError(message + " The last good checkpoint is kept; "
+                                                 "pass --on_nonfinite_loss skip to skip such steps.")
+                    logger.warning(message + " Skipping this batch.", main_process_only=False)
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["images_seen"] += len(next(iter(model_inputs(batch, args.modality).values()))) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            unwrapped.update_target_encoder(schedules.momentum(step))
+            state["global_step"] = step = step + 1
+            progress.update(1)
+            if step_callback is not None:
+                step_callback(accelerator, unwrapped, step)
+            if step % args.logging_steps == 0 or step == total_steps:
+                entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
+                         "lr": schedules.learning_rate(step - 1), "weight_decay": schedules.weight_decay_at(step - 1),
+                         "momentum": schedules.momentum(step - 1), "images_seen": state["images_seen"],
+                         "skipped_examples": state["num_skipped"]}
+                if step % args.monitor_steps == 0 or step == total_steps:
+                    entry |= collapse_statistics(first_targets(output.targets))
+                state["log_history"].append(entry)
+                progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+                accelerator.log(entry, step=step)
+            if checkpoint_every and step % checkpoint_every == 0:
+                save(step)
+            if step >= total_steps:
+                break
+        else:
+            state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+            if args.checkpointing_steps == "epoch":
+                save(state["global_step"])
+    progress.close()
+    if state["num_skipped"]:
+        logger.warning(f"Skipped {state['num_skipped']} unreadable examples in total.")
+
+    wall_clock = time.perf_counter() - started
+    card = card_contents(args, accelerator, state, len(examples), description, global_batch, schedules, wall_clock)
+    return accelerator, model, state, card
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator, model, state, (card_values, card_data) = train(args)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_final_model(accelerator, model, args, state["log_history"], card_values, card_data)
+        logger.info(f"Saved the exported encoder and model card to {args.output_dir}")
+    accelerator.end_training()
+    return state
+
+
+if __name__ == "__main__":
+    main()

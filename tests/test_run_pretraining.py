@@ -1,0 +1,213 @@
+"""End-to-end behaviour of run_pretraining.py: export, resume, multi-process, Hub upload, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, pipeline
+from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
+
+import run_pretraining
+from modeling_ijepa import IJepaForPreTraining
+
+from .conftest import CIFAR10, REPO_ROOT, require
+
+TINY = [
+    "--image_size", "32", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "2",
+    "--num_attention_heads", "2", "--predictor_hidden_size", "16", "--predictor_num_hidden_layers", "1",
+    "--min_context_patches", "2", "--logging_steps", "1", "--monitor_steps", "2", "--warmup_steps", "1",
+    "--learning_rate", "1e-3",
+]
+
+
+def cifar_args(output_dir, *extra):
+    return ["--dataset_name", str(require(CIFAR10)), "--max_train_samples", "64", "--per_device_train_batch_size", "16",
+            "--output_dir", str(output_dir), *TINY, *extra]
+
+
+def pretraining_weights(folder):
+    return IJepaForPreTraining.from_pretrained(folder).state_dict()
+
+
+def test_tiny_run_exports_an_encoder_for_stock_transformers(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "3"))
+    assert state["global_step"] == 3 and state["images_seen"] == 48
+    encoder = AutoModel.from_pretrained(tmp_path)
+    assert type(encoder) is StockIJepaModel
+    trained = IJepaForPreTraining.from_pretrained(tmp_path / "pretraining")
+    for name, value in trained.target_encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name
+
+    from datasets import load_dataset
+
+    photo = load_dataset(str(CIFAR10), split="test[:1]")[0]["img"]
+    features = torch.tensor(pipeline("image-feature-extraction", model=str(tmp_path), device="cpu")(photo))
+    assert features.shape == (1, 16, 32)
+
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-feature-extraction"
+    assert "ijepa" in card.data.tags and "training_curves.png" in card.text
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3]
+    assert all(k in log[1] for k in ("loss", "lr", "weight_decay", "momentum", "feature_std", "effective_rank"))
+    assert log[0]["momentum"] == pytest.approx(0.996) and log[1]["momentum"] > log[0]["momentum"]
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    # 64 examples / batch 16 = 4 batches per epoch; 6 steps cross an epoch; checkpoint 2 is mid-epoch.
+    args = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--checkpoints_total_limit", "5"]
+    run_pretraining.main(cifar_args(tmp_path / "full", *args))
+    assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+
+    # A run stopped after 2 steps: all that survived is its checkpoint.
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    state = run_pretraining.main(cifar_args(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest"))
+    assert state["global_step"] == 6
+    expected = pretraining_weights(tmp_path / "full" / "pretraining")
+    resumed = pretraining_weights(tmp_path / "resumed" / "pretraining")
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+    full_log = json.loads((tmp_path / "full" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    resumed_log = json.loads((tmp_path / "resumed" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    assert [e["loss"] for e in full_log] == [e["loss"] for e in resumed_log]
+
+
+def launch(record_dir, num_processes, per_device_batch, output_dir, *extra):
+    record_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        # accelerate's `--cpu` launcher starts one process unless MPI is set up; `--multi_gpu` starts them with
+        # torchrun, and without a GPU the script joins them in a gloo group.
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if num_processes > 1 else "--cpu",
+        "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(REPO_ROOT / "tests" / "scripts" / "record_weights.py"), str(record_dir),
+        "--dataset_name", str(require(CIFAR10)), "--max_train_samples", "64", "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", str(per_device_batch), "--max_train_steps", "3", *TINY, *extra,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+
+
+def test_two_processes_hold_identical_weights_and_match_one_process(tmp_path):
+    launch(tmp_path / "two", 2, 8, tmp_path / "out2")
+    rank0 = json.loads((tmp_path / "two" / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "two" / "rank1.json").read_text())
+    assert list(rank0) == ["1", "2", "3"] and rank0 == rank1  # every step, EMA target encoders included
+
+    launch(tmp_path / "one", 1, 16, tmp_path / "out1")
+    two = load_file(tmp_path / "two" / "rank0.safetensors")
+    one = load_file(tmp_path / "one" / "rank0.safetensors")
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, atol=2e-5, rtol=1e-4, msg=name)
+    # Training moved the context encoder away from the EMA target (both start equal), so the match is not trivial.
+    name = "layers.0.mlp.fc1.weight"
+    assert not torch.equal(one[f"context_encoder.{name}"], one[f"target_encoder.{name}"])
+
+
+def test_push_to_hub_uploads_the_output_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class RepoUrl:
+        repo_id = "someone/ijepa-tiny"
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = (repo_id, kwargs)
+        return RepoUrl()
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        calls["upload_folder"] = (repo_id, sorted(p.name for p in folder_path.iterdir()), kwargs)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "someone/ijepa-tiny",
+                                    "--checkpointing_steps", "1"))
+    assert calls["create_repo"][0] == "someone/ijepa-tiny"
+    repo_id, files, kwargs = calls["upload_folder"]
+    assert repo_id == "someone/ijepa-tiny"
+    for required in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_curves.png", "pretraining"):
+        assert required in files
+    assert any(pattern.startswith("checkpoint-") for pattern in kwargs["ignore_patterns"])
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "transformers"
+
+
+def test_unknown_recipe_keys_are_refused(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("hidden_size: 64\nlearning_rte: 0.1\n")
+    with pytest.raises(ValueError, match=r"Unknown keys .*\['learning_rte'\]"):
+        run_pretraining.main(["--config", str(recipe), "--output_dir", str(tmp_path)])
+
+
+def test_command_line_overrides_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("hidden_size: 64\nnum_attention_heads: 4\ntarget_scale: [0.1, 0.2]\n")
+    args = run_pretraining.parse_args(["--config", str(recipe), "--hidden_size", "32"])
+    assert args.hidden_size == 32 and args.num_attention_heads == 4 and args.target_scale == (0.1, 0.2)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset_name", "./no/such/folder"], "no such local folder"),
+        (["--image_size", "30"], "not divisible by --patch_size"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be a positive integer"),
+        (["--per_device_train_batch_size", "-4"], "per_device_train_batch_size must be a positive integer"),
+        (["--hidden_size", "30", "--num_attention_heads", "4"], "not divisible by --num_attention_heads"),
+        (["--push_to_hub"], "needs --hub_model_id"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_pretraining.main(["--output_dir", str(tmp_path), "--image_size", "32", "--patch_size", "4", *extra])
+
+
+def test_dataset_without_an_image_column_is_a_clear_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_text("text,label\nhello,0\nworld,1\n")
+    with pytest.raises(ValueError, match=r"Could not find the image column among \['text', 'label'\]"):
+        run_pretraining.main(cifar_args(tmp_path / "out")[2:] + ["--dataset_name", str(tmp_path / "data")])
+
+
+def write_image_folder(root):
+    """Real CIFAR photos in many modes, plus a corrupt and a truncated file."""
+    from datasets import load_dataset
+
+    photos = [row["img"] for row in load_dataset(str(CIFAR10), split="test[:24]")]
+    folder = root / "train" / "things"
+    folder.mkdir(parents=True)
+    for i, photo in enumerate(photos[:16]):
+        photo.save(folder / f"rgb{i}.png")
+    photos[16].convert("L").save(folder / "gray.png")
+    photos[17].convert("RGBA").save(folder / "rgba.png")
+    photos[18].convert("CMYK").save(folder / "cmyk.jpg")
+    photos[19].convert("P").save(folder / "palette.png")
+    Image.fromarray((torch.rand(32, 32).numpy() * 60000).astype("uint16")).save(folder / "sixteen.png")
+    photos[20].resize((2000, 2000)).save(folder / "large.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    photos[21].resize((256, 256)).save(folder / "whole.jpg", quality=95)
+    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:700])
+    (folder / "whole.jpg").unlink()
+    return root / "train"
+
+
+def test_unreadable_images_are_skipped_and_counted_and_other_modes_converted(tmp_path, caplog):
+    train_dir = write_image_folder(tmp_path / "images")
+    args = ["--train_dir", str(train_dir), "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"),
+            "--num_train_epochs", "1", *TINY]
+    with caplog.at_level("WARNING"):
+        state = run_pretraining.main(args)
+    assert state["num_skipped"] == 2  # the corrupt and the truncated file, of 24
+    assert state["images_seen"] == 24 - 2
+    assert "Skipped 2 unreadable examples" in caplog.text
