@@ -5,7 +5,7 @@
 
 writes `out/pretraining/` (the full pretraining model, safetensors) and `out/encoder/` (the chosen encoder;
 for images a folder that stock transformers loads, with an image processor). Sizes that the tensors determine
-are inferred; only head counts (and, for video, the frame count) must be given. The checkpoint is read with
+are inferred; only the head counts must be given. The checkpoint is read with
 `torch.load(weights_only=True)`, so a file that would run code when unpickled is refused.
 """
 
@@ -186,7 +186,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_attention_heads", type=int, required=True, help="Encoder heads (not in the tensors).")
     parser.add_argument("--predictor_num_attention_heads", type=int, default=None, help="Defaults to the encoder's.")
     parser.add_argument("--encoder", choices=["target", "context"], default="target", help="Encoder to export.")
-    parser.add_argument("--num_frames", type=int, default=None, help="Video: frames per clip (sets the resolution).")
+    parser.add_argument("--num_frames", type=int, default=None, help="Video: frames per clip; read off the position table when absent.")
     parser.add_argument(
         "--uniform_power",
         action=argparse.BooleanOptionalAction,

@@ -230,24 +230,11 @@ class IJepaForPreTrainingOutput(ModelOutput):
     context_hidden_states: torch.FloatTensor | None = None
 
 
-class IJepaForPreTraining(IJepaPreTrainedModel):
-    """I-JEPA pretraining: a context encoder, a predictor, and a target encoder that is an exponential moving
-    average of the context encoder (no gradients; it moves only through `update_target_encoder`).
-
-    The target encoder is the model's base model: it is what evaluation uses, what `export_encoder` returns,
-    and it is saved under the `ijepa.` prefix so that `AutoModel.from_pretrained` on a saved pretraining
-    folder loads it into stock `transformers.IJepaModel`.
+class EmaTargetEncoderMixin:
+    """For a pretraining model with a `context_encoder` trained by gradients and a `target_encoder` that follows it
+    as an exponential moving average: the target starts as a copy, never gets gradients, and moves only through
+    `update_target_encoder`. Shared by I-JEPA and V-JEPA; put it before the `PreTrainedModel` base.
     """
-
-    base_model_prefix = "target_encoder"
-
-    def __init__(self, config: IJepaConfig):
-        super().__init__(config)
-        self.context_encoder = IJepaModel(config)
-        self.target_encoder = IJepaModel(config)
-        self.predictor = IJepaPredictor(config)
-        self.post_init()
-        self.freeze_fixed_parameters()
 
     def freeze_fixed_parameters(self) -> None:
         super().freeze_fixed_parameters()
@@ -270,6 +257,26 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
         context_parameters = [parameter.detach() for parameter in self.context_encoder.parameters()]
         torch._foreach_mul_(target_parameters, momentum)
         torch._foreach_add_(target_parameters, context_parameters, alpha=1.0 - momentum)
+
+
+class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
+    """I-JEPA pretraining: a context encoder, a predictor, and a target encoder that is an exponential moving
+    average of the context encoder (no gradients; it moves only through `update_target_encoder`).
+
+    The target encoder is the model's base model: it is what evaluation uses, what `export_encoder` returns,
+    and it is saved under the `ijepa.` prefix so that `AutoModel.from_pretrained` on a saved pretraining
+    folder loads it into stock `transformers.IJepaModel`.
+    """
+
+    base_model_prefix = "target_encoder"
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        self.context_encoder = IJepaModel(config)
+        self.target_encoder = IJepaModel(config)
+        self.predictor = IJepaPredictor(config)
+        self.post_init()
+        self.freeze_fixed_parameters()
 
     @torch.no_grad()
     def compute_targets(self, pixel_values: torch.Tensor, target_indices: torch.Tensor) -> torch.Tensor:
@@ -321,4 +328,11 @@ register_checkpoint_conversion_mapping(
     overwrite=True,
 )
 
-__all__ = ["IJepaPreTrainedModel", "IJepaModel", "IJepaPredictor", "IJepaForPreTraining", "IJepaForPreTrainingOutput"]
+__all__ = [
+    "EmaTargetEncoderMixin",
+    "IJepaPreTrainedModel",
+    "IJepaModel",
+    "IJepaPredictor",
+    "IJepaForPreTraining",
+    "IJepaForPreTrainingOutput",
+]

@@ -1,0 +1,151 @@
+"""V-JEPA configuration: the video ViT encoder (tubelet patches, 3D sin-cos positions) and the predictor."""
+
+import copy
+
+from transformers import PreTrainedConfig
+
+from .configuration_ijepa import as_pair, check_divisible, check_positive
+
+
+class VJepaConfig(PreTrainedConfig):
+    r"""
+    Configuration of a V-JEPA model (Bardes et al., 2024): a ViT over video tubelets with a fixed 3D sin-cos
+    position embedding and no CLS token, and the narrow ViT predictor used during pretraining.
+
+    The defaults describe the published ViT-L/16 recipe: 16 frames at 224x224, tubelets of 2 frames x 16x16 pixels.
+
+    Args:
+        image_size (`int` or `(h, w)`, defaults to 224): frame resolution; must be divisible by `patch_size`.
+        num_frames (`int`, defaults to 16): frames per clip; must be divisible by `tubelet_size`.
+        tubelet_size (`int`, defaults to 2): frames per token (the temporal size of the patch embedding kernel).
+        patch_size (`int` or `(h, w)`, defaults to 16): spatial size of a tubelet.
+        num_channels (`int`, defaults to 3): input channels.
+        hidden_size (`int`, defaults to 1024): encoder width D.
+        num_hidden_layers (`int`, defaults to 24): encoder depth.
+        num_attention_heads (`int`, defaults to 16): encoder heads; must divide `hidden_size`.
+        intermediate_size (`int`, defaults to 4096): width of the encoder MLP (MLP ratio 4).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation (exact GELU, as in the reference).
+        hidden_dropout_prob (`float`, defaults to 0.0): dropout after attention and MLP (the reference uses none).
+        attention_probs_dropout_prob (`float`, defaults to 0.0): dropout on attention weights.
+        layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon of the reference implementation.
+        qkv_bias (`bool`, defaults to `True`): bias in the query, key and value projections.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
+        uniform_power (`bool`, defaults to `True`): layout of the 3D sin-cos table. `False`: time gets D/2 channels,
+            rows and columns D/4 each. `True` (the published V-JEPA recipes): each of the three gets
+            `2 * ceil(D / 6)` channels and the concatenation `[time | row | column]` is cut to D.
+        predictor_hidden_size (`int`, defaults to 384): predictor width.
+        predictor_num_hidden_layers (`int`, defaults to 12): predictor depth.
+        predictor_num_attention_heads (`int`, *optional*): predictor heads; defaults to `num_attention_heads` as in
+            the reference; must divide `predictor_hidden_size`.
+        num_mask_tokens (`int`, defaults to 2): learned predictor mask tokens, one per mask type (V-JEPA samples
+            short-range and long-range masks). Mask type `i` uses token `i % num_mask_tokens`, as in the reference.
+        loss_exponent (`float`, defaults to 1.0): p in the loss `mean(|prediction - target|^p) / p` (1: L1).
+
+    The predictor's MLP has the same ratio to its width as the encoder's.
+    """
+
+    model_type = "vjepa"
+
+    image_size: int | list[int] | tuple[int, int] = 224
+    num_frames: int = 16
+    tubelet_size: int = 2
+    patch_size: int | list[int] | tuple[int, int] = 16
+    num_channels: int = 3
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    intermediate_size: int = 4096
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    uniform_power: bool = True
+    predictor_hidden_size: int = 384
+    predictor_num_hidden_layers: int = 12
+    predictor_num_attention_heads: int | None = None
+    num_mask_tokens: int = 2
+    loss_exponent: float | int = 1.0
+
+    def __post_init__(self, **kwargs):
+        if self.predictor_num_attention_heads is None:
+            self.predictor_num_attention_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+        self.check_sizes()
+
+    def check_sizes(self) -> None:
+        """Raise `ValueError` naming the first field whose value cannot make a model."""
+        check_positive(
+            num_frames=self.num_frames,
+            tubelet_size=self.tubelet_size,
+            num_channels=self.num_channels,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            intermediate_size=self.intermediate_size,
+            predictor_hidden_size=self.predictor_hidden_size,
+            predictor_num_hidden_layers=self.predictor_num_hidden_layers,
+            predictor_num_attention_heads=self.predictor_num_attention_heads,
+            num_mask_tokens=self.num_mask_tokens,
+            loss_exponent=self.loss_exponent,
+        )
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(
+                f"`num_frames` ({self.num_frames}) must be divisible by `tubelet_size` ({self.tubelet_size}): "
+                "each token covers `tubelet_size` consecutive frames."
+            )
+        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
+        check_positive(image_size=min(image_size), patch_size=min(patch_size))
+        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+            raise ValueError(
+                f"`image_size` {self.image_size} must be divisible by `patch_size` {self.patch_size}: "
+                f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
+            )
+        check_divisible("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
+        check_divisible(
+            "predictor_hidden_size",
+            self.predictor_hidden_size,
+            "predictor_num_attention_heads",
+            self.predictor_num_attention_heads,
+        )
+        if not self.uniform_power:
+            # Time, row and column get D/2, D/4 and D/4 sin-cos channels, and each part needs an even count.
+            for name, width in (
+                ("hidden_size", self.hidden_size),
+                ("predictor_hidden_size", self.predictor_hidden_size),
+            ):
+                if width % 8:
+                    raise ValueError(
+                        f"`{name}` ({width}) must be divisible by 8 when `uniform_power=False`: the 3D sin-cos table "
+                        "gives time D/2 and rows and columns D/4 channels each, all even."
+                    )
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Tokens along time, rows and columns at the configured clip size."""
+        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
+        return self.num_frames // self.tubelet_size, image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+
+    @property
+    def num_patches(self) -> int:
+        """Tokens per clip (one per tubelet)."""
+        frames, rows, columns = self.grid_size
+        return frames * rows * columns
+
+    def predictor_layer_config(self) -> "VJepaConfig":
+        """A copy whose encoder-layer fields describe one predictor block (narrow width, same MLP ratio), for
+        transformers' `IJepaLayer`."""
+        layer_config = copy.copy(self)
+        layer_config.hidden_size = self.predictor_hidden_size
+        layer_config.num_attention_heads = self.predictor_num_attention_heads
+        layer_config.num_hidden_layers = self.predictor_num_hidden_layers
+        layer_config.intermediate_size = self.intermediate_size * self.predictor_hidden_size // self.hidden_size
+        return layer_config
+
+
+# `save_pretrained` then copies this file into the folder and writes an `auto_map`, so the folder loads with
+# `trust_remote_code=True` where this package is not installed.
+VJepaConfig.register_for_auto_class()
+
+__all__ = ["VJepaConfig"]
