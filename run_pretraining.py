@@ -268,7 +268,7 @@ def train(args, step_callback=None):
     )
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     if args.torch_compile:
-        model = torch.compile(model)
+        model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
 
     batches_per_epoch = len(dataloader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
@@ -312,9 +312,16 @@ def train(args, step_callback=None):
             logger.info(f"Saved {path}")
         accelerator.wait_for_everyone()
 
+    def out_of_time() -> bool:
+        # Every process must stop at the same step: decide on the main process's clock.
+        if args.max_train_minutes is None:
+            return False
+        elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
+        return accelerator.reduce(elapsed, "max").item() >= args.max_train_minutes * 60
+
     model.train()
     for epoch in range(state["epoch"], num_epochs):
-        if state["global_step"] >= total_steps:
+        if state["global_step"] >= total_steps or out_of_time():
             break
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         examples.set_epoch(epoch)
@@ -368,7 +375,7 @@ def train(args, step_callback=None):
                 accelerator.log(entry, step=step)
             if checkpoint_every and step % checkpoint_every == 0:
                 save(step)
-            if step >= total_steps:
+            if step >= total_steps or out_of_time():
                 break
         else:
             state["epoch"], state["batches_in_epoch"] = epoch + 1, 0

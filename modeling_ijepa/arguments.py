@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optimisation.add_argument("--num_train_epochs", type=int, default=1)
     optimisation.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    optimisation.add_argument(
+        "--max_train_minutes", type=float, default=None,
+        help="Stop (and export) after this much training time; the schedules still follow the step count.",
+    )
     optimisation.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     optimisation.add_argument("--start_lr", type=float, default=2e-4)
     optimisation.add_argument("--final_lr", type=float, default=1e-6)
@@ -126,7 +130,7 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
-    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "max_train_minutes"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")

@@ -1,0 +1,168 @@
+"""Training-step throughput and peak memory: ours against the reference implementation's choices.
+
+    python benchmarks/train_step.py            # writes benchmarks/results/train_step.json
+
+One step = mask sampling + forward + backward + AdamW + EMA update, fp32 on the CPU, on random images (the
+data pipeline is measured separately by data_pipeline.py). Both variants use the same model class and weights;
+the baseline makes the straightforward choices of the reference code:
+- eager attention (softmax(QK^T)V in Python ops) instead of PyTorch SDPA;
+- masks applied with one gather per block in a Python loop, the context copied with `.repeat` for every
+  target block and targets stacked with `repeat_interleave_batch`-style concatenations;
+- the per-sample reference-semantics mask sampler (benchmarks/reference_collator.py);
+- AdamW and the EMA update one parameter at a time instead of multi-tensor (foreach) kernels.
+Each variant runs in its own process so that its peak resident memory can be read.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine, markdown_table, median_seconds, peak_rss_mib, write_results  # noqa: E402
+from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
+
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
+from modeling_ijepa.training import parameter_groups  # noqa: E402
+
+SETTINGS = {
+    "vit_tiny_b64": {"depth": 12, "predictor_depth": 6, "batch_size": 64},
+    "vit_tiny_6blocks_b128": {"depth": 6, "predictor_depth": 4, "batch_size": 128},
+}
+MASKING = {"num_targets": 4, "target_scale": (0.15, 0.2), "target_aspect_ratio": (0.75, 1.5), "context_scale": (0.85, 1.0)}
+MIN_KEEP = 4  # the reference's min_keep=10 never terminates on an 8x8 grid at these target scales
+
+
+def build_model(depth: int, predictor_depth: int, attn_implementation: str, image_size: int = 32, patch_size: int = 4):
+    config = IJepaConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=192, num_hidden_layers=depth, num_attention_heads=3,
+        intermediate_size=768, predictor_hidden_size=96, predictor_num_hidden_layers=predictor_depth,
+        predictor_num_attention_heads=3,
+    )
+    torch.manual_seed(0)
+    return IJepaForPreTraining._from_config(config, attn_implementation=attn_implementation).train()
+
+
+def gather_blocks(tokens: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Reference `apply_masks`: one gather per block, stacked along the batch -> [len(blocks) * B, K, D]."""
+    return torch.cat([torch.gather(tokens, 1, block.unsqueeze(-1).repeat(1, 1, tokens.shape[-1])) for block in blocks])
+
+
+def reference_style_loss(model: IJepaForPreTraining, pixel_values, context_indices, target_indices) -> torch.Tensor:
+    """The reference forward pass, written with its loops and copies on top of our modules."""
+    batch_size, num_targets, _ = target_indices.shape
+    target_blocks = [target_indices[:, m] for m in range(num_targets)]
+    with torch.no_grad():
+        features = model.target_encoder(pixel_values).last_hidden_state
+        features = F.layer_norm(features, (features.shape[-1],))
+        targets = gather_blocks(features, target_blocks)  # [M*B, Kt, D]
+    encoder = model.context_encoder
+    tokens = gather_blocks(encoder.embeddings(pixel_values), [context_indices])
+    for layer in encoder.layers:
+        tokens = layer(tokens, None)
+    context = encoder.layernorm(tokens)
+
+    predictor = model.predictor
+    positions = predictor.position_embeddings.repeat(batch_size, 1, 1)
+    hidden = predictor.embed(context) + gather_blocks(positions, [context_indices])
+    mask_tokens = predictor.mask_token.repeat(batch_size * num_targets, target_blocks[0].shape[1], 1)
+    mask_tokens = mask_tokens + gather_blocks(positions, target_blocks)
+    hidden = torch.cat([hidden.repeat(num_targets, 1, 1), mask_tokens], dim=1)
+    for layer in predictor.layers:
+        hidden = layer(hidden, None)
+    predictions = predictor.projection(predictor.layernorm(hidden[:, context.shape[1]:]))
+    return F.smooth_l1_loss(predictions, targets)
+
+
+def reference_style_ema(model: IJepaForPreTraining, momentum: float) -> None:
+    with torch.no_grad():
+        for target, context in zip(model.target_encoder.parameters(), model.context_encoder.parameters()):
+            target.mul_(momentum).add_((1.0 - momentum) * context.detach())
+
+
+def measure(variant: str, spec: dict, repeats: int) -> dict:
+    """Run one variant in this process; returns images/s and peak RSS. `spec` holds depth, predictor_depth,
+    batch_size and optionally image_size and patch_size (32 and 4 by default)."""
+    ours = variant == "ours"
+    image_size, patch_size = spec.get("image_size", 32), spec.get("patch_size", 4)
+    model = build_model(spec["depth"], spec["predictor_depth"], "sdpa" if ours else "eager", image_size, patch_size)
+    optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, weight_decay=0.04, foreach=ours)
+    if ours:
+        sampler = MultiBlockMaskCollator(image_size, patch_size, min_context_patches=MIN_KEEP, seed=0, **MASKING)
+    else:
+        grid = image_size // patch_size
+        sampler = ReferenceMultiBlockSampler((grid, grid), min_keep=MIN_KEEP, seed=0, **MASKING)
+    pixel_values = torch.randn(spec["batch_size"], 3, image_size, image_size)
+
+    def step():
+        context_indices, target_indices = sampler.sample_indices(spec["batch_size"])
+        if ours:
+            loss = model(pixel_values, context_indices, target_indices).loss
+        else:
+            loss = reference_style_loss(model, pixel_values, context_indices, target_indices)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ours:
+            model.update_target_encoder(0.996)
+        else:
+            reference_style_ema(model, 0.996)
+
+    seconds = median_seconds(step, repeats=repeats, warmup=2)
+    return {"variant": variant, **spec, "seconds_per_step": seconds,
+            "images_per_second": spec["batch_size"] / seconds, "peak_rss_mib": peak_rss_mib()}
+
+
+def run_in_subprocess(variant: str, spec: dict, repeats: int, threads: int) -> dict:
+    """`measure` in a fresh process, so that its peak memory is its own."""
+    command = [sys.executable, __file__, "--worker", variant, "--spec", json.dumps(spec), "--repeats", str(repeats),
+               "--threads", str(threads)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="Alternate the variants this many times; keep the best.")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        print(json.dumps(measure(args.worker, json.loads(args.spec), args.repeats)))
+        return
+
+    rows = []
+    for setting in args.settings:
+        best = {}
+        # Alternating rounds spread slow phases of a shared machine over both variants.
+        for _ in range(args.rounds):
+            for variant in ("reference", "ours"):
+                result = run_in_subprocess(variant, SETTINGS[setting], args.repeats, args.threads)
+                if variant not in best or result["images_per_second"] > best[variant]["images_per_second"]:
+                    best[variant] = result
+        reference, ours = best["reference"], best["ours"]
+        rows.append({
+            "setting": setting, "batch_size": ours["batch_size"],
+            "reference_images_per_s": reference["images_per_second"], "ours_images_per_s": ours["images_per_second"],
+            "speedup": ours["images_per_second"] / reference["images_per_second"],
+            "reference_peak_mib": reference["peak_rss_mib"], "ours_peak_mib": ours["peak_rss_mib"],
+            "memory_ratio": ours["peak_rss_mib"] / reference["peak_rss_mib"],
+        })
+    columns = ["setting", "batch_size", "reference_images_per_s", "ours_images_per_s", "speedup",
+               "reference_peak_mib", "ours_peak_mib", "memory_ratio"]
+    print(markdown_table(rows, columns))
+    path = write_results("train_step", {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
