@@ -81,6 +81,8 @@ def build_video_dataset(args):
             split, video_column=args.video_column_name or "video", num_frames=args.num_frames,
             frame_step=args.frame_step, transform=transform, seed=args.seed,
         )
+    if dataset.num_skipped:
+        logger.warning(f"Skipped {dataset.num_skipped} unusable videos: { {k: len(v) for k, v in dataset.skipped.items()} }")
     if args.max_train_samples is not None and args.max_train_samples < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(args.max_train_samples))
     return dataset, args.train_dir or args.dataset_name
@@ -243,9 +245,13 @@ def train(args, step_callback=None):
     examples = SeededExamples(dataset, args.seed)
     # Every process draws the masks of the whole global batch with the same seed and keeps its rows.
     mask_collator = build_mask_collator(args, seed=args.seed)
-    collate = SkipUnreadable(
-        GlobalBatchMaskCollate(mask_collator, args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index)
+    collate = GlobalBatchMaskCollate(
+        mask_collator, args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index
     )
+    if args.modality == "image":
+        # Images are decoded lazily and an unreadable one is dropped at collation; video datasets drop
+        # unreadable clips when they are built and replace a clip that fails later.
+        collate = SkipUnreadable(collate)
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     if len(examples) < args.per_device_train_batch_size * accelerator.num_processes:
         raise ValueError(
@@ -331,7 +337,7 @@ def train(args, step_callback=None):
         state["epoch"], state["batches_in_epoch"] = epoch, skip
         for batch in epoch_loader:
             state["batches_in_epoch"] += 1
-            state["num_skipped"] += batch.pop("num_skipped")
+            state["num_skipped"] += batch.pop("num_skipped", 0)
             if "context_indices" not in batch:  # every example of this batch was unreadable
                 continue
             step = state["global_step"]

@@ -211,3 +211,23 @@ def test_unreadable_images_are_skipped_and_counted_and_other_modes_converted(tmp
     assert state["num_skipped"] == 2  # the corrupt and the truncated file, of 24
     assert state["images_seen"] == 24 - 2
     assert "Skipped 2 unreadable examples" in caplog.text
+
+
+def test_tiny_video_run_on_real_clips(tmp_path):
+    from modeling_ijepa import VJepaForPreTraining
+
+    from .conftest import VIDEO_TINY
+
+    state = run_pretraining.main([
+        "--modality", "video", "--train_dir", str(require(VIDEO_TINY / "unlabelled")), "--num_frames", "8",
+        "--frame_step", "2", "--per_device_train_batch_size", "4", "--max_train_steps", "2",
+        "--output_dir", str(tmp_path), *TINY,
+    ])
+    assert state["global_step"] == 2 and state["images_seen"] == 8
+    encoder = AutoModel.from_pretrained(tmp_path, trust_remote_code=True)
+    trained = VJepaForPreTraining.from_pretrained(tmp_path / "pretraining")
+    for name, value in trained.target_encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name
+    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
+    assert ModelCard.load(tmp_path / "README.md").data.pipeline_tag == "video-classification"
