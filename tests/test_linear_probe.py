@@ -1,0 +1,307 @@
+"""Frozen-feature probes (`run_linear_probe.py`, `modeling_ijepa.probing`): end to end on real images and
+videos, the feature cache, low-shot subsets, the offline metric, model-card results and clear errors."""
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors.torch import load_file
+
+from modeling_ijepa import IJepaForPreTraining
+from modeling_ijepa.export import save_encoder_for_transformers
+from modeling_ijepa.metrics import TopKAccuracy
+from modeling_ijepa.probing import knn_scores, samples_per_class_subset, stratified_sample
+from run_linear_probe import main as probe_main
+
+from .conftest import CIFAR10, OFFICIAL, VIDEO_TINY, require
+
+# Few L-BFGS iterations and two L2 strengths: the tests check the pipeline, not the accuracy.
+FAST = ["--linear_max_iter", "50", "--linear_weight_decays", "1e-4", "1e-2"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The probes here are tiny: on a shared 2-core runner, intra-op threads cost more in synchronisation than
+    they save (10x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def pretraining_folder(tmp_path, tiny_ijepa_config):
+    """A saved tiny `IJepaForPreTraining` whose context and target encoders differ, as after training."""
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    with torch.no_grad():
+        for parameter in model.context_encoder.parameters():
+            parameter.add_(0.1)
+    model.update_target_encoder(0.5)
+    folder = tmp_path / "pretraining"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def cifar_args(model, output_dir, *extra, train=300, evaluation=200):
+    return [
+        "--model_name_or_path", str(model),
+        "--dataset_name", str(require(CIFAR10)),
+        "--max_train_samples", str(train),
+        "--max_eval_samples", str(evaluation),
+        "--output_dir", str(output_dir),
+        *FAST,
+        *extra,
+    ]  # fmt: skip
+
+
+def cached_tensors(results, role):
+    return load_file(results["features"]["cache_files"][role])
+
+
+def test_cifar_end_to_end_cache_and_target_encoder(tmp_path, pretraining_folder):
+    folder, model = pretraining_folder
+    output_dir = tmp_path / "probe"
+    first = probe_main(cifar_args(folder, output_dir))
+
+    written = json.loads((output_dir / "probe_results.json").read_text())
+    assert written == first
+    assert written["sizes"] == {
+        "train_extracted": 300,
+        "train_used": 300,
+        "eval": 200,
+        "skipped": {"train": 0, "eval": 0},
+        "max_train_samples": 300,
+        "max_eval_samples": 200,
+    }
+    assert written["dataset"]["image_column"] == "img" and written["num_classes"] == 10
+    for key in ("linear_top1", "linear_top5", "knn_top1", "knn_top5"):
+        assert 0.0 <= written[key] <= 1.0
+    sweep = written["linear_probe"]["sweep"]
+    assert [row["weight_decay"] for row in sweep] == [1e-4, 1e-2]
+    assert all(0.0 <= row["validation_top1"] <= 1.0 for row in sweep)
+    assert written["linear_probe"]["chosen"]["weight_decay"] in (1e-4, 1e-2)
+    # Stratified 10% of 300 examples in 10 classes, rounded per class.
+    assert 20 <= written["linear_probe"]["num_validation"] <= 40
+    assert written["features"]["cached"] == {"train": False, "eval": False}
+    assert written["features"]["dim"] == 64
+
+    second = probe_main(cifar_args(folder, output_dir))
+    assert second["features"]["cached"] == {"train": True, "eval": True}
+    assert second["features"]["cache_files"] == first["features"]["cache_files"]
+    for key in ("linear_top1", "linear_top5", "knn_top1", "linear_probe"):
+        assert second[key] == first[key]
+
+    # The pretraining folder is probed through its target encoder: the same features as the exported encoder.
+    exported = tmp_path / "encoder"
+    save_encoder_for_transformers(model.target_encoder, exported)
+    from_export = probe_main(cifar_args(exported, tmp_path / "probe_export"))
+    torch.testing.assert_close(
+        cached_tensors(from_export, "train")["features"], cached_tensors(first, "train")["features"], atol=1e-5, rtol=0
+    )
+
+
+def test_feature_layers_and_random_init(tmp_path, pretraining_folder):
+    folder, _ = pretraining_folder
+    two_layers = probe_main(cifar_args(folder, tmp_path / "two", "--feature_layers", "2", train=60))
+    assert two_layers["features"]["dim"] == 128
+    features = cached_tensors(two_layers, "train")["features"]
+    # Each layer is layer-normed without affine parameters before pooling: every half has a mean near 0.
+    assert features[:, :64].mean(dim=1).abs().max() < 1e-4 and features[:, 64:].mean(dim=1).abs().max() < 1e-4
+
+    trained = cached_tensors(probe_main(cifar_args(folder, tmp_path / "trained", train=60)), "train")["features"]
+    random = probe_main(cifar_args(folder, tmp_path / "random", "--random_init", train=60))
+    assert random["random_init"] is True
+    random_features = cached_tensors(random, "train")["features"]
+    assert not torch.allclose(random_features, trained)
+    # Seeded: a second random model with the same seed is the same model.
+    repeat = probe_main(cifar_args(folder, tmp_path / "random_again", "--random_init", train=60))
+    torch.testing.assert_close(cached_tensors(repeat, "train")["features"], random_features, atol=0, rtol=0)
+
+
+def test_sklearn_digits_by_default(tmp_path, pretraining_folder):
+    folder, _ = pretraining_folder
+    results = probe_main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path), *FAST])
+    assert results["dataset"]["name"] == "sklearn-digits"
+    assert results["sizes"]["train_used"] == 1437 and results["sizes"]["eval"] == 360
+    assert 0.0 <= results["linear_top1"] <= 1.0 and 0.0 <= results["knn_top1"] <= 1.0
+    # Real digits: even random-ish features are far above chance (10%) with a converged linear probe.
+    assert results["linear_top1"] > 0.3
+
+
+def test_image_folders_skip_unreadable_files_and_align_classes(tmp_path, pretraining_folder):
+    """`--train_dir`/`--validation_dir`: a corrupt file is skipped and counted with its label, and an eval folder
+    missing a class keeps the training numbering (classes are matched by name)."""
+    from datasets import load_dataset
+
+    photos = load_dataset(str(require(CIFAR10)), split="test[:60]")
+    names = photos.features["label"].names
+    expected = {"train": [0, 0, 0], "validation": [0, 0, 0]}
+    for index, example in enumerate(photos):
+        if example["label"] > 2 or (index >= 40 and example["label"] == 0):
+            continue
+        split = "train" if index < 40 else "validation"
+        folder = tmp_path / split / names[example["label"]]
+        folder.mkdir(parents=True, exist_ok=True)
+        example["img"].save(folder / f"{index}.png")
+        expected[split][example["label"]] += 1
+    (tmp_path / "train" / names[1] / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 8)
+
+    folder, _ = pretraining_folder
+    results = probe_main(
+        [
+            "--model_name_or_path", str(folder),
+            "--train_dir", str(tmp_path / "train"),
+            "--validation_dir", str(tmp_path / "validation"),
+            "--output_dir", str(tmp_path / "probe"),
+            "--per_device_eval_batch_size", "8",
+            *FAST,
+        ]
+    )  # fmt: skip
+    assert results["class_names"] == names[:3] and results["eval_split"] == "validation"
+    assert results["sizes"]["skipped"] == {"train": 1, "eval": 0}
+    for role, split in (("train", "train"), ("eval", "validation")):
+        labels = cached_tensors(results, role)["labels"]
+        assert torch.bincount(labels, minlength=3).tolist() == expected[split]
+
+
+def test_reference_checkpoint(tmp_path):
+    checkpoint = require(OFFICIAL / "ijepa_official_tiny.pth.tar")
+    args = cifar_args(checkpoint, tmp_path, train=100, evaluation=50)
+    with pytest.raises(ValueError, match="--num_attention_heads"):
+        probe_main(args)
+    results = probe_main(args + ["--num_attention_heads", "4"])
+    assert results["model_name_or_path"] == str(checkpoint)
+    assert 0.0 <= results["linear_top1"] <= 1.0
+    assert results["model_card_updated"] is None
+
+
+def test_low_shot_subsets(tmp_path, pretraining_folder):
+    folder, _ = pretraining_folder
+    full = probe_main(cifar_args(folder, tmp_path))
+    labels = cached_tensors(full, "train")["labels"]
+
+    five_shot = probe_main(cifar_args(folder, tmp_path, "--samples_per_class", "5"))
+    assert five_shot["features"]["cached"] == {"train": True, "eval": True}  # subsets come from the cache
+    assert five_shot["sizes"]["train_used"] == 50 and five_shot["low_shot"]["samples_per_class"] == 5
+    chosen = samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=0)
+    assert torch.bincount(labels[chosen], minlength=10).tolist() == [5] * 10
+    torch.testing.assert_close(chosen, samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=0))
+
+    half = probe_main(cifar_args(folder, tmp_path, "--label_fraction", "0.5"))
+    counts = torch.bincount(labels, minlength=10)
+    expected = [max(1, round(0.5 * int(count))) for count in counts]
+    assert half["sizes"]["train_used"] == sum(expected)
+    assert torch.bincount(labels[stratified_sample(labels, 0.5, seed=0)], minlength=10).tolist() == expected
+
+    smallest = int(counts.argmin())
+    with pytest.raises(ValueError, match=rf"class '\w+' \(label {smallest}\) has only {int(counts.min())} examples"):
+        probe_main(cifar_args(folder, tmp_path, "--samples_per_class", str(int(counts.min()) + 1)))
+
+
+def test_top_k_accuracy_metric():
+    metric = TopKAccuracy()
+    scores = [
+        [0.1, 0.5, 0.2, 0.0, 0.0, 0.0, 0.1],  # reference 1 ranks first
+        [0.9, 0.05, 0.3, 0.2, 0.1, 0.4, 0.6],  # reference 3 ranks fifth
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],  # reference 0 ranks last
+    ]
+    results = metric.compute(predictions=scores, references=[1, 3, 0])
+    assert results == pytest.approx({"top1": 1 / 3, "top5": 2 / 3})
+    # Five classes or fewer: top-5 would always be 1, so it is left out. Ties go to the lower class index.
+    assert metric.compute(predictions=[[1.0, 1.0], [0.0, 2.0]], references=[1, 1]) == {"top1": 0.5}
+
+
+def test_knn_weights_votes_by_similarity():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    scores = knn_scores(train, torch.tensor([0, 0, 1]), torch.tensor([[0.0, 2.0], [3.0, 0.1]]), num_classes=2, k=3)
+    assert scores.argmax(dim=1).tolist() == [1, 0]
+    # The nearest neighbour's vote outweighs two farther ones at a low temperature.
+    assert scores[0, 1] > scores[0, 0]
+
+
+def test_model_card_gets_a_model_index_entry(tmp_path, pretraining_folder):
+    folder, _ = pretraining_folder
+    prior = "# Tiny I-JEPA\n\nPrior text that must survive.\n"
+    ModelCard.from_template(
+        ModelCardData(license="apache-2.0", tags=["ijepa"]), template_str="---\n{{ card_data }}\n---\n" + prior
+    ).save(folder / "README.md")
+    args = cifar_args(folder, tmp_path / "probe", train=100, evaluation=50)
+    results = probe_main(args)
+    assert results["model_card_updated"] == str(folder / "README.md")
+
+    card = ModelCard.load(folder / "README.md")
+    assert "Prior text that must survive." in card.text
+    assert card.data.license == "apache-2.0" and card.data.tags == ["ijepa"]
+    by_name = {result.metric_name: result for result in card.data.eval_results}
+    linear, knn = by_name["Linear probe top-1 accuracy"], by_name["kNN top-1 accuracy (k=20)"]
+    assert linear.metric_value == round(results["linear_top1"], 4) and knn.metric_value == round(results["knn_top1"], 4)
+    assert (linear.task_type, linear.dataset_type, linear.dataset_split, linear.metric_type) == (
+        "image-classification",
+        "cifar10",
+        "test",
+        "accuracy",
+    )
+
+    probe_main(args)  # a rerun replaces its entries instead of adding more
+    assert len(ModelCard.load(folder / "README.md").data.eval_results) == 2
+    before = (folder / "README.md").read_text()
+    probe_main(args + ["--no_update_model_card", "--samples_per_class", "2"])
+    assert (folder / "README.md").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset_name", "/no/such/dataset"], "no such local folder"),
+        (["--dataset_name", str(CIFAR10), "--eval_split", "validation"], r"No split `validation`.*\['train', 'test'\]"),
+        (["--dataset_name", str(CIFAR10), "--label_column_name", "fine"], "No column `fine`"),
+        (["--train_dir", "/no/such/folder"], "is not a folder"),
+    ],
+)
+def test_clear_errors(tmp_path, pretraining_folder, extra, message):
+    if str(CIFAR10) in extra:
+        require(CIFAR10)
+    folder, _ = pretraining_folder
+    with pytest.raises(ValueError, match=message):
+        probe_main(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path), *extra])
+
+
+def test_video_attentive_probe(tmp_path):
+    from modeling_ijepa import VJepaConfig, VJepaForPreTraining
+
+    labelled = require(VIDEO_TINY / "labelled")
+    config = VJepaConfig(
+        image_size=32,
+        num_frames=4,
+        tubelet_size=2,
+        patch_size=8,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        predictor_hidden_size=32,
+        predictor_num_hidden_layers=2,
+    )
+    VJepaForPreTraining(config).save_pretrained(tmp_path / "vjepa")
+    results = probe_main(
+        [
+            "--modality", "video",
+            "--model_name_or_path", str(tmp_path / "vjepa"),
+            "--train_dir", str(labelled / "train"),
+            "--validation_dir", str(labelled / "test"),
+            "--output_dir", str(tmp_path / "probe"),
+            "--per_device_eval_batch_size", "8",
+            "--attentive_epochs", "20",
+            *FAST,
+        ]
+    )  # fmt: skip
+    written = json.loads((tmp_path / "probe" / "probe_results.json").read_text())
+    assert written["class_names"] == ["doing_exercises", "typing"]
+    assert written["sizes"]["train_used"] == 49 and written["sizes"]["eval"] == 5
+    assert len(written["attentive_probe"]["sweep"]) == 9
+    for key in ("attentive_top1", "linear_top1", "knn_top1"):
+        assert 0.0 <= written[key] <= 1.0
+    assert written["attentive_top5"] is None  # two classes
+    # Token features are cached per clip: [clips, tokens (2 x 4 x 4), width].
+    assert tuple(cached_tensors(results, "eval")["features"].shape) == (5, 32, 64)
