@@ -78,7 +78,11 @@ logger = get_logger(__name__)
 # Encoder classes with fixed sin-cos positions, for `--random_init` (stock transformers' `IJepaModel` would draw
 # its position table at random instead).
 ENCODER_CLASSES = {"ijepa": IJepaModel, "vjepa": VJepaModel}
-MODALITY_OF_MODEL_TYPE = {"ijepa": "image", "vjepa": "video"}
+MODALITY_OF_MODEL_TYPE = {"ijepa": "image", "vjepa": "video", "vit_mae": "image"}
+# Encoders with a CLS token before the patch tokens: it is left out of the average over patches, and MAE's
+# random masking is switched off so that the encoder sees every patch.
+PREFIX_TOKENS = {"vit_mae": 1}
+LOAD_OVERRIDES = {"vit_mae": {"mask_ratio": 0.0}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -218,7 +222,8 @@ def load_encoder(args: argparse.Namespace) -> torch.nn.Module:
     elif args.random_init:
         config = AutoConfig.from_pretrained(args.model_name_or_path)
     else:
-        encoder = AutoModel.from_pretrained(args.model_name_or_path)
+        model_type = AutoConfig.from_pretrained(args.model_name_or_path).model_type
+        encoder = AutoModel.from_pretrained(args.model_name_or_path, **LOAD_OVERRIDES.get(model_type, {}))
         config = encoder.config
         if any(name.endswith("ForPreTraining") for name in config.architectures or []):
             logger.info(
@@ -433,6 +438,7 @@ def split_features(role: str, split: dict, data: dict, encoder, args, accelerato
             pool_tokens,
             accelerator,
             description=f"Extracting {role} features ({split['split']})",
+            skip_tokens=PREFIX_TOKENS.get(encoder.config.model_type, 0),
         )
 
     features, was_cached = cached_features(path, extract)

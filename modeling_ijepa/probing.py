@@ -68,9 +68,11 @@ def extract_features(
     pool_tokens: bool = True,
     accelerator=None,
     description: str = "Extracting features",
+    skip_tokens: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Run the frozen `model` over `dataloader` and collect features and labels on the CPU.
 
+    The first `skip_tokens` tokens (a CLS token, for encoders that have one) are left out.
     Batches are dicts with `input_name` (`pixel_values` or `pixel_values_videos`), `labels`, and optionally
     `num_skipped` (unreadable examples that `image_data.SkipUnreadable` dropped together with their labels).
 
@@ -88,7 +90,7 @@ def extract_features(
         inputs = batch[input_name].to(device)
         with accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False):
             outputs = model(**{input_name: inputs}, output_hidden_states=feature_layers > 1)
-        tokens = select_tokens(outputs, feature_layers).float()
+        tokens = select_tokens(outputs, feature_layers)[:, skip_tokens:].float()
         features.append((tokens.mean(dim=1) if pool_tokens else tokens).cpu())
         labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
     if not features:

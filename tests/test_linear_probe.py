@@ -305,3 +305,17 @@ def test_video_attentive_probe(tmp_path):
     assert written["attentive_top5"] is None  # two classes
     # Token features are cached per clip: [clips, tokens (2 x 4 x 4), width].
     assert tuple(cached_tensors(results, "eval")["features"].shape) == (5, 32, 64)
+
+
+def test_mae_encoder_is_probed_on_every_patch_without_its_cls_token(tmp_path):
+    """The quality benchmark probes an MAE encoder the same way: masking off, CLS token left out of the pool."""
+    from transformers import ViTMAEConfig, ViTMAEModel
+
+    config = ViTMAEConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, mask_ratio=0.75)
+    ViTMAEModel(config).save_pretrained(tmp_path / "mae")
+    results = probe_main(["--model_name_or_path", str(tmp_path / "mae"), "--output_dir", str(tmp_path / "out"), *FAST])
+    assert results["features"]["dim"] == 32 and results["linear_top1"] > 0.3
+    from run_linear_probe import load_encoder, parse_args
+
+    assert load_encoder(parse_args(["--model_name_or_path", str(tmp_path / "mae")])).config.mask_ratio == 0.0
