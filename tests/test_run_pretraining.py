@@ -231,3 +231,17 @@ def test_tiny_video_run_on_real_clips(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert ModelCard.load(tmp_path / "README.md").data.pipeline_tag == "video-classification"
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_shipped_recipes_parse(recipe):
+    args = run_pretraining.parse_args(["--config", str(recipe)])
+    assert args.image_size % args.patch_size == 0
+
+
+def test_paper_recipe_has_the_paper_numbers():
+    args = run_pretraining.parse_args(["--config", str(REPO_ROOT / "configs" / "in1k_vith14_ep300.yaml")])
+    assert (args.hidden_size, args.num_hidden_layers, args.patch_size, args.image_size) == (1280, 32, 14, 224)
+    assert (args.per_device_train_batch_size, args.num_train_epochs, args.warmup_epochs) == (128, 300, 40)
+    assert (args.weight_decay, args.final_weight_decay, args.ema_momentum) == (0.04, 0.4, 0.996)
+    assert (args.target_scale, args.context_scale, args.num_targets) == ((0.15, 0.2), (0.85, 1.0), 4)
