@@ -29,6 +29,35 @@ def check_divisible(width_name: str, width: int, heads_name: str, heads: int) ->
         )
 
 
+def check_vit_sizes(config) -> None:
+    """The checks every JEPA config shares: positive sizes, an image that splits into patches, widths that
+    split into heads, for the encoder and the predictor."""
+    check_positive(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        num_channels=config.num_channels,
+        predictor_hidden_size=config.predictor_hidden_size,
+        predictor_num_hidden_layers=config.predictor_num_hidden_layers,
+        predictor_num_attention_heads=config.predictor_num_attention_heads,
+    )
+    image_size, patch_size = as_pair(config.image_size), as_pair(config.patch_size)
+    check_positive(image_size=min(image_size), patch_size=min(patch_size))
+    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+        raise ValueError(
+            f"`image_size` {config.image_size} must be divisible by `patch_size` {config.patch_size}: "
+            f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
+        )
+    check_divisible("hidden_size", config.hidden_size, "num_attention_heads", config.num_attention_heads)
+    check_divisible(
+        "predictor_hidden_size",
+        config.predictor_hidden_size,
+        "predictor_num_attention_heads",
+        config.predictor_num_attention_heads,
+    )
+
+
 class IJepaConfig(StockIJepaConfig):
     r"""
     Configuration of an I-JEPA model: the ViT encoder (the fields and `model_type` of transformers'
@@ -70,30 +99,7 @@ class IJepaConfig(StockIJepaConfig):
 
     def check_sizes(self) -> None:
         """Raise `ValueError` naming the first field whose value cannot make a model."""
-        check_positive(
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            num_channels=self.num_channels,
-            predictor_hidden_size=self.predictor_hidden_size,
-            predictor_num_hidden_layers=self.predictor_num_hidden_layers,
-            predictor_num_attention_heads=self.predictor_num_attention_heads,
-        )
-        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
-        check_positive(image_size=min(image_size), patch_size=min(patch_size))
-        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-            raise ValueError(
-                f"`image_size` {self.image_size} must be divisible by `patch_size` {self.patch_size}: "
-                f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
-            )
-        check_divisible("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
-        check_divisible(
-            "predictor_hidden_size",
-            self.predictor_hidden_size,
-            "predictor_num_attention_heads",
-            self.predictor_num_attention_heads,
-        )
+        check_vit_sizes(self)
 
     @property
     def grid_size(self) -> tuple[int, int]:

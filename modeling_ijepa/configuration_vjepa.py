@@ -4,7 +4,7 @@ import copy
 
 from transformers import PreTrainedConfig
 
-from .configuration_ijepa import as_pair, check_divisible, check_positive
+from .configuration_ijepa import as_pair, check_positive, check_vit_sizes
 
 
 class VJepaConfig(PreTrainedConfig):
@@ -76,17 +76,10 @@ class VJepaConfig(PreTrainedConfig):
 
     def check_sizes(self) -> None:
         """Raise `ValueError` naming the first field whose value cannot make a model."""
+        check_vit_sizes(self)
         check_positive(
             num_frames=self.num_frames,
             tubelet_size=self.tubelet_size,
-            num_channels=self.num_channels,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            intermediate_size=self.intermediate_size,
-            predictor_hidden_size=self.predictor_hidden_size,
-            predictor_num_hidden_layers=self.predictor_num_hidden_layers,
-            predictor_num_attention_heads=self.predictor_num_attention_heads,
             num_mask_tokens=self.num_mask_tokens,
             loss_exponent=self.loss_exponent,
         )
@@ -95,20 +88,6 @@ class VJepaConfig(PreTrainedConfig):
                 f"`num_frames` ({self.num_frames}) must be divisible by `tubelet_size` ({self.tubelet_size}): "
                 "each token covers `tubelet_size` consecutive frames."
             )
-        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
-        check_positive(image_size=min(image_size), patch_size=min(patch_size))
-        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-            raise ValueError(
-                f"`image_size` {self.image_size} must be divisible by `patch_size` {self.patch_size}: "
-                f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
-            )
-        check_divisible("hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
-        check_divisible(
-            "predictor_hidden_size",
-            self.predictor_hidden_size,
-            "predictor_num_attention_heads",
-            self.predictor_num_attention_heads,
-        )
         if not self.uniform_power:
             # Time, row and column get D/2, D/4 and D/4 sin-cos channels, and each part needs an even count.
             for name, width in (
