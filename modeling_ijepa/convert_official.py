@@ -126,6 +126,15 @@ def encoder_sizes(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.T
     }
 
 
+def load_networks(model, encoder: dict, target_encoder: dict, predictor: dict):
+    """Put the three converted reference networks into a pretraining model (all keys must match); eval mode."""
+    state_dict = {f"context_encoder.{key}": value for key, value in convert_encoder(encoder).items()}
+    state_dict |= {f"target_encoder.{key}": value for key, value in convert_encoder(target_encoder).items()}
+    state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor).items()}
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
 def convert_ijepa(checkpoint: dict, num_attention_heads: int, predictor_num_attention_heads: int | None = None):
     """A loaded reference I-JEPA checkpoint -> `IJepaForPreTraining` holding its three networks."""
     encoder, target_encoder = strip_prefix(checkpoint["encoder"]), strip_prefix(checkpoint["target_encoder"])
@@ -140,12 +149,7 @@ def convert_ijepa(checkpoint: dict, num_attention_heads: int, predictor_num_atte
         num_attention_heads=num_attention_heads,
         predictor_num_attention_heads=predictor_num_attention_heads,
     )
-    model = IJepaForPreTraining(config)
-    state_dict = {f"context_encoder.{key}": value for key, value in convert_encoder(encoder).items()}
-    state_dict |= {f"target_encoder.{key}": value for key, value in convert_encoder(target_encoder).items()}
-    state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor).items()}
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return load_networks(IJepaForPreTraining(config), encoder, target_encoder, predictor)
 
 
 def is_video_checkpoint(checkpoint: dict) -> bool:

@@ -11,7 +11,7 @@ import math
 import torch
 
 from .configuration_vjepa import VJepaConfig
-from .convert_official import convert_encoder, convert_predictor, encoder_sizes, strip_prefix
+from .convert_official import encoder_sizes, load_networks, strip_prefix
 from .modeling_vjepa import VJepaForPreTraining, sincos_3d
 
 logger = logging.getLogger(__name__)
@@ -105,12 +105,7 @@ def convert_vjepa(
         predictor_num_attention_heads=predictor_num_attention_heads,
         num_mask_tokens=num_mask_tokens,
     )
-    model = VJepaForPreTraining(config)
-    state_dict = {f"context_encoder.{key}": value for key, value in convert_encoder(encoder).items()}
-    state_dict |= {f"target_encoder.{key}": value for key, value in convert_encoder(target_encoder).items()}
-    state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor).items()}
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return load_networks(VJepaForPreTraining(config), encoder, target_encoder, predictor)
 
 
 __all__ = ["convert_vjepa"]
