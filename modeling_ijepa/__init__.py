@@ -6,7 +6,7 @@ from transformers import IJepaConfig as StockIJepaConfig
 
 from .configuration_ijepa import IJepaConfig
 from .configuration_vjepa import VJepaConfig
-from .masking import MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from .masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
 from .modeling_ijepa import IJepaForPreTraining, IJepaForPreTrainingOutput, IJepaModel, IJepaPredictor
 from .modeling_vjepa import VJepaForPreTraining, VJepaForPreTrainingOutput, VJepaModel, VJepaPredictor
 
@@ -26,6 +26,7 @@ __all__ = [
     "IJepaPredictor",
     "IJepaForPreTraining",
     "IJepaForPreTrainingOutput",
+    "MaskType",
     "MultiBlockMaskCollator",
     "MultiBlock3DMaskCollator",
 ]
