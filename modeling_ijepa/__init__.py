@@ -1,7 +1,6 @@
 """I-JEPA and V-JEPA self-supervised pretraining for the Hugging Face ecosystem."""
 
-from transformers import AutoConfig, AutoModel
-from transformers import AutoModelForPreTraining
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 from transformers import IJepaConfig as StockIJepaConfig
 
 from .configuration_ijepa import IJepaConfig
@@ -29,5 +28,9 @@ __all__ = [
     "MaskType",
     "MultiBlockMaskCollator",
     "MultiBlock3DMaskCollator",
+    "VJepaConfig",
+    "VJepaModel",
+    "VJepaPredictor",
+    "VJepaForPreTraining",
+    "VJepaForPreTrainingOutput",
 ]
-__all__ += ["VJepaConfig", "VJepaModel", "VJepaPredictor", "VJepaForPreTraining", "VJepaForPreTrainingOutput"]

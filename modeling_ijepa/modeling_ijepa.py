@@ -72,6 +72,15 @@ def gather_tokens(hidden_states: torch.Tensor, indices: torch.Tensor) -> torch.T
     return torch.gather(hidden_states, 1, indices.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
 
 
+def as_ijepa_config(config) -> IJepaConfig:
+    """`AutoConfig` reads the `ijepa` model type as transformers' own config: give it our predictor fields."""
+    if isinstance(config, IJepaConfig):
+        return config
+    converted = IJepaConfig.from_dict(config.to_dict())
+    converted._attn_implementation = config._attn_implementation
+    return converted
+
+
 class IJepaPreTrainedModel(StockIJepaPreTrainedModel):
     config: IJepaConfig
     config_class = IJepaConfig
@@ -107,6 +116,7 @@ class IJepaModel(IJepaPreTrainedModel):
     """
 
     def __init__(self, config: IJepaConfig):
+        config = as_ijepa_config(config)
         super().__init__(config)
         # Fixed sin-cos positions: stored in the checkpoint (stock transformers expects them) but never trained.
         self.embeddings = IJepaEmbeddings(config)
@@ -271,6 +281,7 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
     base_model_prefix = "target_encoder"
 
     def __init__(self, config: IJepaConfig):
+        config = as_ijepa_config(config)
         super().__init__(config)
         self.context_encoder = IJepaModel(config)
         self.target_encoder = IJepaModel(config)

@@ -57,3 +57,15 @@ def test_auto_model_on_pretraining_folder_gives_trained_target_encoder(tmp_path,
     with torch.no_grad():
         expected = model.target_encoder(pixel_values).last_hidden_state
         torch.testing.assert_close(loaded(pixel_values).last_hidden_state, expected, atol=1e-6, rtol=0)
+
+
+def test_auto_model_for_pretraining_gives_our_pretraining_model(tmp_path, tiny_ijepa_config):
+    from transformers import AutoModelForPreTraining
+
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForPreTraining.from_pretrained(tmp_path, attn_implementation="eager")
+    assert type(loaded) is IJepaForPreTraining and loaded.config.predictor_hidden_size == 32
+    assert loaded.predictor.layers[0].attention.config._attn_implementation == "eager"
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
