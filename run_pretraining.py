@@ -349,7 +349,8 @@ def train(args, step_callback=None):
                 loss = output.loss
                 finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all().item()
                 if not finite:
-                    message = f"Non-finite loss ({loss.item()}) at optimizer step {step} (epoch {epoch})."
+                    # Steps count from 1, as in the logs and checkpoint names: checkpoint-{step} is still good.
+                    message = f"Non-finite loss ({loss.item()}) at optimizer step {step + 1} (epoch {epoch})."
                     if args.on_nonfinite_loss == "error":
                         raise NonFiniteLossError(message + " The last good checkpoint is kept; "
                                                  "pass --on_nonfinite_loss skip to skip such steps.")

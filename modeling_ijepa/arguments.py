@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .masking import _as_range
+
 logger = logging.getLogger(__name__)
 
 
@@ -118,15 +120,36 @@ def load_recipe(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     unknown = sorted(set(recipe) - known)
     if unknown:
         raise ValueError(f"Unknown keys in {path}: {unknown}. Valid keys are the script's argument names: {sorted(known)}.")
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in recipe.items():
+        check_recipe_value(path, key, value, actions[key])
     pairs = {action.dest for action in parser._actions if action.type is float_pair}
-    return {key: tuple(value) if key in pairs else value for key, value in recipe.items()}
+    return {key: tuple(value) if key in pairs and isinstance(value, list) else value for key, value in recipe.items()}
+
+
+def check_recipe_value(path: Path, key: str, value, action: argparse.Action) -> None:
+    """Refuse a recipe value that the command line would refuse: argparse converts string defaults with the
+    argument's type, but checks neither their choices nor the type of non-string ones."""
+    if value is None:
+        return
+    kind = None
+    if action.nargs == 0 and not isinstance(value, bool):
+        kind = "true or false"
+    elif action.type is int and not isinstance(value, str) and (isinstance(value, bool) or not isinstance(value, int)):
+        kind = "an integer"
+    elif action.type is float and not isinstance(value, str) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        kind = "a number"
+    elif action.choices is not None and value not in action.choices:
+        kind = f"one of {list(action.choices)}"
+    if kind is not None:
+        raise ValueError(f"{path}: {key} must be {kind}, got {value!r}.")
 
 
 def validate(args: argparse.Namespace) -> None:
     """Contradictions that would fail later, refused now with the argument's name."""
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "logging_steps",
                  "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "predictor_hidden_size", "predictor_num_hidden_layers", "num_targets"):
+                 "predictor_hidden_size", "predictor_num_hidden_layers", "num_targets", "monitor_steps"):
         value = getattr(args, name)
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
@@ -134,6 +157,13 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")
+    for name in ("learning_rate", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs",
+                 "warmup_steps", "dataloader_num_workers"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}.")
+    for name, upper in (("crop_scale", 1.0), ("target_scale", 1.0), ("context_scale", 1.0), ("target_aspect_ratio", None)):
+        _as_range(getattr(args, name), f"--{name}", upper=upper)
     if args.image_size % args.patch_size:
         raise ValueError(f"--image_size {args.image_size} is not divisible by --patch_size {args.patch_size}.")
     if args.modality == "video" and args.num_frames % args.tubelet_size:
@@ -145,8 +175,10 @@ def validate(args: argparse.Namespace) -> None:
             "--predictor_hidden_size %d is wider than the encoder (%d): allowed, but I-JEPA's predictor is meant to be narrow.",
             args.predictor_hidden_size, args.hidden_size,
         )
-    if args.checkpointing_steps not in (None, "epoch") and not str(args.checkpointing_steps).isdigit():
-        raise ValueError(f"--checkpointing_steps must be an integer or 'epoch', got {args.checkpointing_steps!r}.")
+    if args.checkpointing_steps not in (None, "epoch") and not (
+        str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0
+    ):
+        raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}.")
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ijepa-vit-tiny-cifar10).")
     for name in ("ema_momentum", "final_ema_momentum"):

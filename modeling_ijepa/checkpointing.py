@@ -8,7 +8,9 @@ A checkpoint is a folder `checkpoint-{step}` holding
 
 It is written into a temporary sibling folder, flushed to disk, then renamed in one step, so a crash or a kill
 at any moment leaves either the previous checkpoints or a complete new one, never a half-written
-`checkpoint-{step}`. Leftover temporary folders are ignored and removed on the next save.
+`checkpoint-{step}`. Checkpoints are deleted the same way round: renamed to a temporary name first, so a kill
+during the deletion leaves no half-deleted `checkpoint-{step}` either. Leftover temporary folders are ignored
+and removed on the next save.
 """
 
 import json
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
@@ -62,11 +65,22 @@ def fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as file:
             os.fsync(file.fileno())
+    fsync_directory(folder)
+
+
+def fsync_directory(folder: Path) -> None:
     directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def discard(folder: Path) -> None:
+    """Delete a checkpoint folder without ever leaving it half deleted under its own name."""
+    doomed = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}discard-", dir=folder.parent))
+    os.replace(folder, doomed / folder.name)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -97,6 +111,7 @@ def save_checkpoint(
     `CheckpointWriteError` naming the folder and the cause if anything cannot be written."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
+    temporary = None
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         for leftover in output_dir.glob(f"{TEMPORARY_PREFIX}*"):
@@ -109,15 +124,22 @@ def save_checkpoint(
         (temporary / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
         fsync_tree(temporary)
         if final.exists():  # a checkpoint of the same step from an earlier attempt: replace it
-            shutil.rmtree(final)
+            discard(final)
         os.replace(temporary, final)
-    except OSError as error:
+        fsync_directory(output_dir)  # make the rename itself durable
+    except (OSError, SafetensorError) as error:  # safetensors reports a full disk as a SafetensorError
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)  # do not leave a partial copy filling the disk
         raise CheckpointWriteError(
-            f"Could not write checkpoint {final}: {error.strerror or error}. Earlier checkpoints are intact."
+            f"Could not write checkpoint {final}: {getattr(error, 'strerror', None) or error}. "
+            "Earlier checkpoints are intact."
         ) from error
     if total_limit is not None:
         for old in list_checkpoints(output_dir)[:-total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                discard(old)
+            except OSError as error:
+                logger.warning(f"Could not delete the old checkpoint {old}: {error}")
     return final
 
 
@@ -127,7 +149,7 @@ def load_checkpoint(checkpoint: str | Path, model, optimizer: torch.optim.Optimi
     if not (checkpoint / TRAINER_STATE).is_file():
         raise ValueError(f"{checkpoint} is not a complete checkpoint folder (no {TRAINER_STATE}).")
     # from_pretrained applies the on-disk key renaming (the target encoder is stored under `ijepa.`).
-    model.load_state_dict(type(model).from_pretrained(checkpoint).state_dict())
+    model.load_state_dict(type(model).from_pretrained(checkpoint, use_safetensors=True).state_dict())
     if optimizer is not None:
         tensors = load_file(checkpoint / "optimizer.safetensors")
         meta = json.loads((checkpoint / "optimizer.json").read_text())

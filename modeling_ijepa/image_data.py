@@ -103,20 +103,22 @@ def to_rgb(image: PILImage.Image) -> PILImage.Image:
 def decode_image(value) -> PILImage.Image:
     """A datasets image cell ({"bytes", "path"}, a PIL image, or a path) -> fully decoded RGB image.
 
-    Raises `OSError`/`ValueError` for unreadable data; `load()` forces truncated files to fail here."""
-    if isinstance(value, PILImage.Image):
-        image = value
-    elif isinstance(value, dict) and value.get("bytes") is not None:
-        image = PILImage.open(io.BytesIO(value["bytes"]))
-    elif isinstance(value, dict) and value.get("path"):
-        image = PILImage.open(value["path"])
-    elif isinstance(value, (str, Path)):
-        image = PILImage.open(value)
-    else:
-        raise ValueError(f"not an image cell: {type(value).__name__}")
+    Raises `OSError`/`ValueError` for unreadable data (`load()` forces truncated files to fail here), and PIL's
+    `DecompressionBombError` for images of more than twice `PIL.Image.MAX_IMAGE_PIXELS` pixels."""
     with warnings.catch_warnings():
-        # Large images are legitimate photos here; they are cropped and resized right after.
+        # Large images are legitimate photos here; they are cropped and resized right after. PIL warns when it
+        # opens them (images over twice its limit still raise `DecompressionBombError`).
         warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+        if isinstance(value, PILImage.Image):
+            image = value
+        elif isinstance(value, dict) and value.get("bytes") is not None:
+            image = PILImage.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            image = PILImage.open(value["path"])
+        elif isinstance(value, (str, Path)):
+            image = PILImage.open(value)
+        else:
+            raise ValueError(f"not an image cell: {type(value).__name__}")
         image.load()
     return to_rgb(image)
 
@@ -161,7 +163,7 @@ class DecodeAndTransform:
         for cell in batch[self.image_column]:
             try:
                 pixel_values.append(self.transform(decode_image(cell)))
-            except (OSError, ValueError, SyntaxError) as error:
+            except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as error:
                 logger.debug("Skipping an unreadable image: %s", error)
                 pixel_values.append(None)
         return {"pixel_values": pixel_values} | {column: batch[column] for column in self.keep_columns}
