@@ -42,6 +42,10 @@ logger = get_logger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pretraining.md"
 
 
+# With --on_nonfinite_loss skip, this many skipped batches in a row mean the run has diverged: stop it.
+MAX_CONSECUTIVE_NONFINITE = 10
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -325,6 +329,7 @@ def train(args, step_callback=None):
         elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
         return accelerator.reduce(elapsed, "max").item() >= args.max_train_minutes * 60
 
+    consecutive_nonfinite = 0
     model.train()
     for epoch in range(state["epoch"], num_epochs):
         if state["global_step"] >= total_steps or out_of_time():
@@ -354,9 +359,14 @@ def train(args, step_callback=None):
                     if args.on_nonfinite_loss == "error":
                         raise NonFiniteLossError(message + " The last good checkpoint is kept; "
                                                  "pass --on_nonfinite_loss skip to skip such steps.")
+                    consecutive_nonfinite += 1
+                    if consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+                        raise NonFiniteLossError(f"{message} {consecutive_nonfinite} batches in a row had a non-finite "
+                                                 "loss: the run has diverged. The last good checkpoint is kept.")
                     logger.warning(message + " Skipping this batch.", main_process_only=False)
                     optimizer.zero_grad(set_to_none=True)
                     continue
+                consecutive_nonfinite = 0
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

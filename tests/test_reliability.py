@@ -366,6 +366,13 @@ def test_skipping_non_finite_losses_warns_for_each_step_but_cannot_undo_a_diverg
     assert max(value.abs().max().item() for value in weights.values()) > 1e20
 
 
+def test_skipping_stops_once_the_run_has_clearly_diverged(tmp_path):
+    argv = cifar_args(tmp_path, *DIVERGE, "--on_nonfinite_loss", "skip", "--max_train_samples", "256")
+    with pytest.raises(run_pretraining.NonFiniteLossError, match=f"{run_pretraining.MAX_CONSECUTIVE_NONFINITE} batches in a row"):
+        run_pretraining.main(argv)
+    assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
+
+
 # -------------------------------------------------------------------------------------- 6. untrusted files
 
 
