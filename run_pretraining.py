@@ -96,12 +96,13 @@ def build_mask_collator(args, seed: int):
     if args.modality == "video":
         return MultiBlock3DMaskCollator(
             num_frames=args.num_frames, image_size=args.image_size, patch_size=args.patch_size,
-            tubelet_size=args.tubelet_size, seed=seed,
+            tubelet_size=args.tubelet_size, random_subset=args.random_subset, seed=seed,
         )
     return MultiBlockMaskCollator(
         args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=tuple(args.target_scale),
         target_aspect_ratio=tuple(args.target_aspect_ratio), context_scale=tuple(args.context_scale),
-        min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap, seed=seed,
+        min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap,
+        full_range_placement=args.full_range_placement, random_subset=args.random_subset, seed=seed,
     )
 
 

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     masking.add_argument("--context_scale", type=float_pair, default=(0.85, 1.0))
     masking.add_argument("--min_context_patches", type=int, default=10)
     masking.add_argument("--allow_overlap", action="store_true")
+    masking.add_argument("--full_range_placement", action="store_true",
+                         help="Let blocks reach the last row and column (the reference never does).")
+    masking.add_argument("--random_subset", action="store_true",
+                         help="Equalise index lengths with a random subset instead of the reference's raster-order cut.")
 
     optimisation = parser.add_argument_group("optimisation")
     optimisation.add_argument("--per_device_train_batch_size", type=int, default=8)

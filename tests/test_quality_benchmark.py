@@ -1,0 +1,63 @@
+"""Smoke test of `benchmarks/quality_cifar10.py`: the whole pipeline (calibration, I-JEPA and MAE pretraining for a
+few seconds, six probe runs, results, pictures) on a tiny model and a few hundred CIFAR-10 images."""
+
+import json
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModel, ViTMAEModel
+
+from .conftest import CIFAR10, REPO_ROOT, require
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import quality_cifar10  # noqa: E402
+
+TINY = [
+    "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size", "16",
+    "--predictor_num_hidden_layers", "1", "--predictor_num_attention_heads", "2", "--per_device_train_batch_size", "32",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """A tiny model on a shared 2-core runner: intra-op threads cost more in synchronisation than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quality_benchmark_end_to_end(tmp_path):
+    results_dir = tmp_path / "results"
+    rows = quality_cifar10.main([
+        "--budget_minutes", "0.1", "--calibration_steps", "3", "--dataset_name", str(require(CIFAR10)),
+        "--probe_train_samples", "200", "--probe_eval_samples", "100",
+        "--output_dir", str(tmp_path / "run"), "--results_dir", str(results_dir), *TINY,
+    ])  # fmt: skip
+
+    written = json.loads((results_dir / "quality_cifar10.json").read_text())
+    assert written == json.loads(json.dumps(rows))
+    assert [row["method"] for row in written] == ["ijepa", "mae", "random"]
+    for row in written:
+        assert row["budget_minutes"] == 0.1 and "probe_error" not in row
+        for key in ("linear_top1", "lowshot_top1", "knn_top1"):
+            assert 0.0 <= row[key] <= 1.0, (row["method"], key)
+        assert row["probe_eval_examples"] == 100 and row["lowshot_train_examples"] == 10 * 10
+    for row in written[:2]:
+        assert 0 < row["steps"] <= row["planned_steps"] and row["images_seen"] == 32 * row["steps"]
+        assert row["calibrated_images_per_second"] > 0 and row["device"] == "cpu"
+    assert written[2]["images_seen"] == 0
+
+    table = (results_dir / "quality_cifar10.md").read_text()
+    assert table.startswith("| method | budget_minutes | images_seen | linear_top1 | lowshot_top1 |")
+    assert all(f"| {method} |" in table for method in ("ijepa", "mae", "random"))
+    for name in ("loss_curves", "ijepa_collapse", "masks"):
+        with Image.open(results_dir / f"quality_cifar10_{name}.png") as picture:
+            assert picture.width > 400 and picture.height > 200, name
+
+    # The MAE encoder is saved to be used whole: every patch kept.
+    mae = AutoModel.from_pretrained(tmp_path / "run" / "mae")
+    assert type(mae) is ViTMAEModel and mae.config.mask_ratio == 0.0
+    assert mae(torch.zeros(1, 3, 32, 32)).last_hidden_state.shape == (1, 1 + 64, 32)
