@@ -106,6 +106,33 @@ def build_mask_collator(args, seed: int):
     )
 
 
+def build_dataloader(args, accelerator):
+    """The training DataLoader and the two objects whose epoch it must be told: the seeded examples and the
+    collate function. Returns `(examples, collate, dataloader, description)`."""
+    dataset, description = build_video_dataset(args) if args.modality == "video" else build_image_dataset(args)
+    examples = SeededExamples(dataset, args.seed)
+    # Every process draws the masks of the whole global batch with the same seed and keeps its rows.
+    collate = GlobalBatchMaskCollate(
+        build_mask_collator(args, seed=args.seed), args.per_device_train_batch_size, accelerator.num_processes,
+        accelerator.process_index,
+    )
+    if args.modality == "image":
+        # Images are decoded lazily and an unreadable one is dropped at collation; video datasets drop
+        # unreadable clips when they are built and replace a clip that fails later.
+        collate = SkipUnreadable(collate)
+    if len(examples) < args.per_device_train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"The dataset has {len(examples)} examples, fewer than one batch "
+            f"({args.per_device_train_batch_size} per device x {accelerator.num_processes} processes)."
+        )
+    dataloader = DataLoader(
+        examples, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    return examples, collate, dataloader, description
+
+
 # ---------------------------------------------------------------------------------------------- model
 
 
@@ -128,6 +155,26 @@ def build_model(args):
         predictor_num_attention_heads=args.predictor_num_attention_heads, **extra,
     )
     return model_class._from_config(config, attn_implementation=args.attn_implementation)
+
+
+def build_optimizer(args, model) -> torch.optim.AdamW:
+    # Multi-tensor kernels: fused on CUDA, foreach elsewhere (PyTorch would loop over parameters on the CPU).
+    on_cuda = torch.cuda.is_available()
+    return torch.optim.AdamW(
+        parameter_groups(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        foreach=None if on_cuda else True, fused=True if on_cuda else None,
+    )
+
+
+def build_schedules(args, steps_per_epoch: int) -> Schedules:
+    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_epochs * steps_per_epoch)
+    return Schedules(
+        total_steps=total_steps, warmup_steps=min(warmup_steps, total_steps), lr=args.learning_rate,
+        start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
+        final_weight_decay=args.final_weight_decay, ema_momentum=args.ema_momentum,
+        final_ema_momentum=args.final_ema_momentum, momentum_schedule=args.momentum_schedule,
+    )
 
 
 def model_inputs(batch: dict, modality: str) -> dict:
@@ -246,52 +293,22 @@ def train(args, step_callback=None):
         if not os.access(output_dir, os.W_OK):
             raise PermissionError(f"--output_dir {output_dir} is not writable.")
 
-    dataset, description = build_video_dataset(args) if args.modality == "video" else build_image_dataset(args)
-    examples = SeededExamples(dataset, args.seed)
-    # Every process draws the masks of the whole global batch with the same seed and keeps its rows.
-    mask_collator = build_mask_collator(args, seed=args.seed)
-    collate = GlobalBatchMaskCollate(
-        mask_collator, args.per_device_train_batch_size, accelerator.num_processes, accelerator.process_index
-    )
-    if args.modality == "image":
-        # Images are decoded lazily and an unreadable one is dropped at collation; video datasets drop
-        # unreadable clips when they are built and replace a clip that fails later.
-        collate = SkipUnreadable(collate)
+    examples, collate, dataloader, description = build_dataloader(args, accelerator)
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    if len(examples) < args.per_device_train_batch_size * accelerator.num_processes:
-        raise ValueError(
-            f"The dataset has {len(examples)} examples, fewer than one batch "
-            f"({args.per_device_train_batch_size} per device x {accelerator.num_processes} processes)."
-        )
-    dataloader = DataLoader(
-        examples, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
-        collate_fn=collate, num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
 
     model = build_model(args)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    groups = parameter_groups(model)
-    optimizer = torch.optim.AdamW(
-        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        foreach=None if torch.cuda.is_available() else True, fused=True if torch.cuda.is_available() else None,
-    )
+    optimizer = build_optimizer(args, model)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     if args.torch_compile:
         model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
 
     batches_per_epoch = len(dataloader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    schedules = build_schedules(args, steps_per_epoch)
+    total_steps = schedules.total_steps
     num_epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_epochs * steps_per_epoch)
-    schedules = Schedules(
-        total_steps=total_steps, warmup_steps=min(warmup_steps, total_steps), lr=args.learning_rate,
-        start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
-        final_weight_decay=args.final_weight_decay, ema_momentum=args.ema_momentum,
-        final_ema_momentum=args.final_ema_momentum, momentum_schedule=args.momentum_schedule,
-    )
     if args.report_to:
         accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
 
@@ -324,7 +341,7 @@ def train(args, step_callback=None):
         accelerator.wait_for_everyone()
 
     def out_of_time() -> bool:
-        # Every process must stop at the same step: decide on the main process's clock.
+        # Every process must stop at the same step: all of them go by the slowest one's clock.
         if args.max_train_minutes is None:
             return False
         elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
@@ -381,19 +398,21 @@ def train(args, step_callback=None):
             progress.update(1)
             if step_callback is not None:
                 step_callback(accelerator, unwrapped, step)
-            if step % args.logging_steps == 0 or step == total_steps:
+            stopping = step >= total_steps or out_of_time()
+            monitor = step % args.monitor_steps == 0 or stopping
+            if step % args.logging_steps == 0 or monitor:
                 entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
                          "lr": schedules.learning_rate(step - 1), "weight_decay": schedules.weight_decay_at(step - 1),
                          "momentum": schedules.momentum(step - 1), "images_seen": state["images_seen"],
                          "skipped_examples": state["num_skipped"]}
-                if step % args.monitor_steps == 0 or step == total_steps:
+                if monitor:
                     entry |= collapse_statistics(first_targets(output.targets))
                 state["log_history"].append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 accelerator.log(entry, step=step)
             if checkpoint_every and step % checkpoint_every == 0:
                 save(step)
-            if step >= total_steps or out_of_time():
+            if stopping:
                 break
         else:
             state["epoch"], state["batches_in_epoch"] = epoch + 1, 0

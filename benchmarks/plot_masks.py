@@ -103,7 +103,7 @@ def plot_recipe_masks(args, path, num_images: int = 4) -> Path:
     title = (
         f"I-JEPA masks ({grid}x{grid} patches of {args.patch_size}px): grey = hidden from the context encoder, "
         f"coloured = blocks to predict.\nEvery context of a batch ({batch_size}) is cut to the shortest one's length, "
-        "in raster order"
+        + ("keeping a random subset" if args.random_subset else "in raster order")
     )
     return plot_masks(images, context_indices[:num_images], target_indices[:num_images], args.patch_size, path, title)
 

@@ -54,6 +54,14 @@ def test_tiny_run_exports_an_encoder_for_stock_transformers(tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-feature-extraction"
     assert "ijepa" in card.data.tags and "training_curves.png" in card.text
+
+    # The linear probe runs on what the run exported and records its accuracy in the run's model card.
+    from run_linear_probe import main as probe_main
+
+    results = probe_main(["--model_name_or_path", str(tmp_path), "--dataset_name", str(CIFAR10), "--output_dir",
+                          str(tmp_path / "probe"), "--max_train_samples", "200", "--max_eval_samples", "100"])
+    assert 0.0 <= results["linear_top1"] <= 1.0 and (tmp_path / "probe" / "probe_results.json").is_file()
+    assert ModelCard.load(tmp_path / "README.md").data.eval_results
     assert (tmp_path / "training_curves.png").stat().st_size > 1000
     log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
