@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,6 +22,27 @@ from common import RESULTS, machine, markdown_table, write_results  # noqa: E402
 from train_step import run_in_subprocess  # noqa: E402
 
 MODEL = {"depth": 6, "predictor_depth": 4, "patch_size": 8}
+
+
+def plot_scaling(rows: list[dict], fixed_batch_size: int, fixed_image_size: int, path) -> None:
+    """Seconds per step and peak memory against batch size (left) and tokens per image (right)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, sweep, key, label in ((axes[0], "batch", "batch_size", "batch size"),
+                                    (axes[1], "image", "tokens", "tokens per image (image size 32 to 224, patch 8)")):
+        points = [row for row in rows if row["sweep"] == sweep]
+        x = [row[key] for row in points]
+        axis.plot(x, [row["seconds_per_step"] for row in points], marker="o", color="tab:blue")
+        axis.set(xlabel=label, ylabel="seconds per step", xscale="log", yscale="log")
+        axis.set_xticks(x, [str(value) for value in x])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        memory_axis = axis.twinx()
+        memory_axis.plot(x, [row["peak_rss_mib"] for row in points], marker="s", linestyle="--", color="tab:red")
+        memory_axis.set_ylabel("peak memory (MiB)", color="tab:red")
+        axis.grid(alpha=0.3)
+    axes[0].set_title(f"Step cost vs batch size ({fixed_image_size}x{fixed_image_size})")
+    axes[1].set_title(f"Step cost vs sequence length (batch {fixed_batch_size})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 def main():
@@ -43,21 +65,7 @@ def main():
         row["tokens"] = (row["image_size"] // row["patch_size"]) ** 2
     print(markdown_table(rows, ["sweep", "batch_size", "image_size", "tokens", "seconds_per_step", "images_per_second", "peak_rss_mib"]))
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for axis, sweep, key, label in ((axes[0], "batch", "batch_size", "batch size"),
-                                    (axes[1], "image", "tokens", "tokens per image (image size 32 to 224, patch 8)")):
-        points = [row for row in rows if row["sweep"] == sweep]
-        x = [row[key] for row in points]
-        axis.plot(x, [row["seconds_per_step"] for row in points], marker="o", color="tab:blue")
-        axis.set(xlabel=label, ylabel="seconds per step", xscale="log", yscale="log")
-        memory_axis = axis.twinx()
-        memory_axis.plot(x, [row["peak_rss_mib"] for row in points], marker="s", linestyle="--", color="tab:red")
-        memory_axis.set_ylabel("peak memory (MiB)", color="tab:red")
-        axis.grid(alpha=0.3)
-    axes[0].set_title(f"Step cost vs batch size ({args.fixed_image_size}x{args.fixed_image_size})")
-    axes[1].set_title(f"Step cost vs sequence length (batch {args.fixed_batch_size})")
-    figure.tight_layout()
-    figure.savefig(RESULTS / "scaling.png", dpi=110)
+    plot_scaling(rows, args.fixed_batch_size, args.fixed_image_size, RESULTS / "scaling.png")
     print(f"wrote {write_results('scaling', {'machine': machine(), 'model': MODEL, 'rows': rows})}")
 
 
