@@ -410,9 +410,13 @@ def train(args, step_callback=None):
                 state["log_history"].append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 accelerator.log(entry, step=step)
-            if checkpoint_every and step % checkpoint_every == 0:
+            saved = checkpoint_every is not None and step % checkpoint_every == 0
+            if saved:
                 save(step)
             if stopping:
+                # The last step (or a time-limited stop) leaves a checkpoint too, when checkpoints are asked for.
+                if args.checkpointing_steps and not saved:
+                    save(step)
                 break
         else:
             state["epoch"], state["batches_in_epoch"] = epoch + 1, 0

@@ -253,3 +253,9 @@ def test_paper_recipe_has_the_paper_numbers():
     assert (args.per_device_train_batch_size, args.num_train_epochs, args.warmup_epochs) == (128, 300, 40)
     assert (args.weight_decay, args.final_weight_decay, args.ema_momentum) == (0.04, 0.4, 0.996)
     assert (args.target_scale, args.context_scale, args.num_targets) == ((0.15, 0.2), (0.85, 1.0), 4)
+
+
+def test_epoch_checkpointing_also_saves_the_last_epoch(tmp_path):
+    run_pretraining.main(cifar_args(tmp_path, "--num_train_epochs", "2", "--checkpointing_steps", "epoch",
+                                    "--checkpoints_total_limit", "5"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
