@@ -292,6 +292,14 @@ def make_pictures(ijepa, model_dirs: dict[str, Path], methods: list[str], result
     plot_recipe_masks(ijepa, results_dir / PICTURES["I-JEPA masks"])
 
 
+def display_path(path: Path) -> str:
+    """A path relative to the repository when it lies inside it, so results do not record this machine's layout."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -398,7 +406,7 @@ def main(argv=None) -> list[dict]:
         row |= {
             "lowshot_per_class": args.lowshot_samples_per_class,
             "recipe": recipe_text(row["method"], ijepa, args.warmup_fraction),
-            "encoder": str(model_dirs[row["method"]]),
+            "encoder": display_path(model_dirs[row["method"]]),
             "machine": machine(),
         }
 
