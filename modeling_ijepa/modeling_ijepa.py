@@ -72,6 +72,21 @@ def gather_tokens(hidden_states: torch.Tensor, indices: torch.Tensor) -> torch.T
     return torch.gather(hidden_states, 1, indices.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
 
 
+def encode_tokens(encoder, hidden_states: torch.Tensor, context_indices: torch.Tensor | None, **kwargs):
+    """The part of an encoder after its embeddings, shared by the image and video encoders.
+
+    hidden_states [B, N, D] (embedded tokens with positions) -> keep `context_indices` [B, Kc] if given ->
+    blocks -> final LayerNorm. Returns `BaseModelOutputWithPooling` with the mean over tokens as `pooler_output`.
+    """
+    if context_indices is not None:
+        check_index_tensor("context_indices", context_indices, 2, hidden_states.shape[0], hidden_states.shape[1])
+        hidden_states = gather_tokens(hidden_states, context_indices)
+    for layer in encoder.layers:
+        hidden_states = layer(hidden_states, None, **kwargs)
+    sequence_output = encoder.layernorm(hidden_states)
+    return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
+
+
 def as_ijepa_config(config) -> IJepaConfig:
     """`AutoConfig` reads the `ijepa` model type as transformers' own config: give it our predictor fields."""
     if isinstance(config, IJepaConfig):
@@ -170,13 +185,7 @@ class IJepaModel(IJepaPreTrainedModel):
         self.check_pixel_values(pixel_values, interpolate_pos_encoding)
         pixel_values = pixel_values.to(self.embeddings.patch_embeddings.projection.weight.dtype)
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        if context_indices is not None:
-            check_index_tensor("context_indices", context_indices, 2, pixel_values.shape[0], hidden_states.shape[1])
-            hidden_states = gather_tokens(hidden_states, context_indices)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
+        return encode_tokens(self, hidden_states, context_indices, **kwargs)
 
 
 class IJepaPredictor(nn.Module):

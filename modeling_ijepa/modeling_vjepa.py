@@ -22,7 +22,14 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_ijepa import as_pair
 from .configuration_vjepa import VJepaConfig
-from .modeling_ijepa import EmaTargetEncoderMixin, IJepaPreTrainedModel, check_index_tensor, gather_tokens, sincos_1d
+from .modeling_ijepa import (
+    EmaTargetEncoderMixin,
+    IJepaPreTrainedModel,
+    check_index_tensor,
+    encode_tokens,
+    gather_tokens,
+    sincos_1d,
+)
 
 
 def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int], uniform_power: bool) -> torch.Tensor:
@@ -237,14 +244,7 @@ class VJepaModel(VJepaPreTrainedModel):
             mean over tokens: V-JEPA has no CLS token).
         """
         video = self.prepare_pixel_values(pixel_values_videos, channels_before_time, bool(interpolate_pos_encoding))
-        hidden_states = self.embeddings(video)
-        if context_indices is not None:
-            check_index_tensor("context_indices", context_indices, 2, video.shape[0], hidden_states.shape[1])
-            hidden_states = gather_tokens(hidden_states, context_indices)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None, **kwargs)
-        sequence_output = self.layernorm(hidden_states)
-        return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
+        return encode_tokens(self, self.embeddings(video), context_indices, **kwargs)
 
 
 class VJepaPredictor(nn.Module):
