@@ -36,7 +36,14 @@ from modeling_ijepa.image_data import (
 )
 from modeling_ijepa.model_card import plot_training_curves, write_model_card
 from modeling_ijepa.schedules import Schedules
-from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples, collapse_statistics, parameter_groups
+from modeling_ijepa.training import (
+    GlobalBatchMaskCollate,
+    SeededExamples,
+    apply_schedules,
+    collapse_statistics,
+    out_of_time,
+    parameter_groups,
+)
 
 logger = get_logger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pretraining.md"
@@ -340,17 +347,10 @@ def train(args, step_callback=None):
             logger.info(f"Saved {path}")
         accelerator.wait_for_everyone()
 
-    def out_of_time() -> bool:
-        # Every process must stop at the same step: all of them go by the slowest one's clock.
-        if args.max_train_minutes is None:
-            return False
-        elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
-        return accelerator.reduce(elapsed, "max").item() >= args.max_train_minutes * 60
-
     consecutive_nonfinite = 0
     model.train()
     for epoch in range(state["epoch"], num_epochs):
-        if state["global_step"] >= total_steps or out_of_time():
+        if state["global_step"] >= total_steps or out_of_time(accelerator, started, args.max_train_minutes):
             break
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         examples.set_epoch(epoch)
@@ -364,9 +364,7 @@ def train(args, step_callback=None):
             if "context_indices" not in batch:  # every example of this batch was unreadable
                 continue
             step = state["global_step"]
-            for group in optimizer.param_groups:
-                group["lr"] = schedules.learning_rate(step)
-                group["weight_decay"] = schedules.weight_decay_at(step) if group["apply_weight_decay"] else 0.0
+            apply_schedules(optimizer, schedules, step)
             with accelerator.accumulate(model):
                 output = model(**model_inputs(batch, args.modality))
                 loss = output.loss
@@ -398,7 +396,7 @@ def train(args, step_callback=None):
             progress.update(1)
             if step_callback is not None:
                 step_callback(accelerator, unwrapped, step)
-            stopping = step >= total_steps or out_of_time()
+            stopping = step >= total_steps or out_of_time(accelerator, started, args.max_train_minutes)
             monitor = step % args.monitor_steps == 0 or stopping
             if step % args.logging_steps == 0 or monitor:
                 entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),

@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_ijepa.arguments import float_pair  # noqa: E402
+from modeling_ijepa.arguments import add_image_data_arguments  # noqa: E402
 from modeling_ijepa.export import image_processor_for  # noqa: E402
 from modeling_ijepa.image_data import SkipUnreadable  # noqa: E402
 from modeling_ijepa.schedules import Schedules  # noqa: E402
-from modeling_ijepa.training import SeededExamples, parameter_groups  # noqa: E402
+from modeling_ijepa.training import SeededExamples, apply_schedules, out_of_time, parameter_groups  # noqa: E402
 from run_pretraining import build_image_dataset  # noqa: E402
 
 logger = get_logger(__name__)
@@ -44,16 +44,7 @@ logger = get_logger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    data = parser.add_argument_group("data (as in run_pretraining.py)")
-    data.add_argument("--dataset_name", type=str, default=None, help="Hub id or local folder in Hub layout.")
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_dir", type=str, default=None, help="An image folder instead of --dataset_name.")
-    data.add_argument("--train_split", type=str, default="train")
-    data.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--cache_dir", type=str, default=None)
-    data.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    add_image_data_arguments(parser.add_argument_group("data (as in run_pretraining.py)"))
 
     model = parser.add_argument_group("model")
     model.add_argument("--image_size", type=int, default=32)
@@ -158,12 +149,6 @@ def train(args: argparse.Namespace, step_callback=None):
     progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
     started = time.perf_counter()
 
-    def out_of_time() -> bool:
-        if args.max_train_minutes is None:
-            return False
-        elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
-        return accelerator.reduce(elapsed, "max").item() >= args.max_train_minutes * 60
-
     model.train()
     stopping = False
     for epoch in range(math.ceil(args.max_train_steps / len(dataloader))):
@@ -173,9 +158,7 @@ def train(args: argparse.Namespace, step_callback=None):
             if "pixel_values" not in batch:  # every example of this batch was unreadable
                 continue
             step = state["global_step"]
-            for group in optimizer.param_groups:
-                group["lr"] = schedules.learning_rate(step)
-                group["weight_decay"] = schedules.weight_decay_at(step) if group["apply_weight_decay"] else 0.0
+            apply_schedules(optimizer, schedules, step)
             loss = model(pixel_values=batch["pixel_values"]).loss
             # Decided on every process's loss, so that all processes stop together.
             if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
@@ -190,7 +173,7 @@ def train(args: argparse.Namespace, step_callback=None):
             progress.update(1)
             if step_callback is not None:
                 step_callback(accelerator, unwrapped, step)
-            stopping = step >= args.max_train_steps or out_of_time()
+            stopping = step >= args.max_train_steps or out_of_time(accelerator, started, args.max_train_minutes)
             if step % args.logging_steps == 0 or stopping:
                 entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
                          "lr": schedules.learning_rate(step - 1), "images_seen": state["images_seen"],

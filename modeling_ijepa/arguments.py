@@ -22,6 +22,19 @@ def float_pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def add_image_data_arguments(group) -> None:
+    """The arguments `run_pretraining.build_image_dataset` reads (also used by the MAE baseline's trainer)."""
+    group.add_argument("--dataset_name", type=str, default=None, help="Hub id or local folder in Hub layout.")
+    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument("--train_dir", type=str, default=None, help="Image folder, or video folder for --modality video.")
+    group.add_argument("--train_split", type=str, default="train")
+    group.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
+    group.add_argument("--max_train_samples", type=int, default=None)
+    group.add_argument("--cache_dir", type=str, default=None)
+    group.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="I-JEPA / V-JEPA pretraining with Accelerate.")
     add = parser.add_argument
@@ -29,18 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--modality", choices=["image", "video"], default="image")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", type=str, default=None, help="Hub id or local folder in Hub layout.")
-    data.add_argument("--dataset_config_name", type=str, default=None)
-    data.add_argument("--train_dir", type=str, default=None, help="Image folder, or video folder for --modality video.")
-    data.add_argument("--train_split", type=str, default="train")
-    data.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
+    add_image_data_arguments(data)
     data.add_argument("--video_column_name", type=str, default=None)
-    data.add_argument("--max_train_samples", type=int, default=None)
-    data.add_argument("--cache_dir", type=str, default=None)
-    data.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
     data.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
     data.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", type=str, default=None, help="Continue from a saved pretraining model.")

@@ -1,6 +1,8 @@
 """Pieces of the pretraining loop: deterministic per-example randomness, mask collation that is identical
 across process counts, AdamW parameter groups, and the collapse monitor."""
 
+import time
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
@@ -95,3 +97,20 @@ def collapse_statistics(features: torch.Tensor, max_rows: int = 2048) -> dict[st
     weights = singular_values / singular_values.sum().clamp_min(1e-12)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum()
     return {"feature_std": features.std(dim=0).mean().item(), "effective_rank": entropy.exp().item()}
+
+
+def apply_schedules(optimizer: torch.optim.Optimizer, schedules, step: int) -> None:
+    """Set every parameter group's learning rate and weight decay for `step` (0-based) from `schedules`; groups
+    built by `parameter_groups` without weight decay keep none."""
+    for group in optimizer.param_groups:
+        group["lr"] = schedules.learning_rate(step)
+        group["weight_decay"] = schedules.weight_decay_at(step) if group["apply_weight_decay"] else 0.0
+
+
+def out_of_time(accelerator, started: float, max_minutes: float | None) -> bool:
+    """Whether `max_minutes` have passed since `started` (a `time.perf_counter()` value). Every process must stop
+    at the same step, so all of them go by the slowest one's clock (a collective: call it on every process)."""
+    if max_minutes is None:
+        return False
+    elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
+    return accelerator.reduce(elapsed, "max").item() >= max_minutes * 60
