@@ -3,10 +3,18 @@
     python benchmarks/gpu_train_step.py                       # ViT-H/14 and ViT-L/16 at 224, bf16, batch 128
     python benchmarks/gpu_train_step.py --tiny --device cpu   # the same code path on a tiny model (tests)
 
-One step = forward + backward + fused AdamW + EMA update, bf16 autocast, SDPA attention, masks from
-MultiBlockMaskCollator (4 targets, paper scales). Each model runs with and without `torch.compile`. FLOPs are
-counted with torch.utils.flop_counter on the real step; MFU = achieved FLOP/s / the card's dense bf16 peak.
-The paper's run: 300 ImageNet epochs in about 1,200 A100-hours, about 89 images/s per A100 for ViT-H/14.
+One step = forward + backward + AdamW + EMA update, bf16 autocast, masks of 4 targets at the paper's scales,
+on random images (the data pipeline is measured by data_pipeline.py). Three variants, side by side in one run:
+- `reference`: our model with the reference code's choices (train_step.py): eager attention, one gather per
+  block with `.repeat` copies of the context for every target, per-parameter AdamW and EMA;
+- `ours`: SDPA attention, batched gathers with `expand`, fused AdamW, multi-tensor EMA;
+- `ours_compiled`: `ours` under `torch.compile` (dynamic shapes: mask lengths change from batch to batch).
+Model FLOPs are counted with torch.utils.flop_counter on one
+eager step of `ours` and used for every variant of that model (the counter books eager attention's matmuls
+differently from SDPA's, and MFU is about the same work done faster); MFU = achieved FLOP/s / the card's dense
+bf16 peak. The paper's run: 300 ImageNet epochs in about
+1,200 A100-hours, about 89 images/s per A100 for ViT-H/14. Results are written after every row, so a run cut
+short keeps what it measured.
 """
 
 import argparse
@@ -20,6 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, write_results  # noqa: E402
+from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
+from train_step import MASKING, MIN_KEEP, reference_style_ema, reference_style_loss  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
 from modeling_ijepa.training import parameter_groups  # noqa: E402
@@ -29,7 +39,7 @@ MODELS = {
                     intermediate_size=5120, predictor_hidden_size=384, predictor_num_hidden_layers=12),
     "vit_l16": dict(image_size=224, patch_size=16, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                     intermediate_size=4096, predictor_hidden_size=384, predictor_num_hidden_layers=12),
-    "tiny": dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    "tiny": dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64, predictor_hidden_size=16, predictor_num_hidden_layers=1),
 }
 # Dense bf16 tensor-core peaks (no sparsity), from the vendors' data sheets.
@@ -44,59 +54,83 @@ def peak_flops(device: torch.device) -> float | None:
     return next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
-def measure(name: str, batch_size: int, compile_model: bool, device: torch.device, steps: int, warmup: int) -> dict:
-    config = IJepaConfig(**MODELS[name])
-    model = IJepaForPreTraining._from_config(config, attn_implementation="sdpa").to(device).train()
-    optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, fused=device.type == "cuda")
-    collator = MultiBlockMaskCollator(config.image_size, config.patch_size, min_context_patches=4, seed=0)
-    # Index lengths change from batch to batch: compile for dynamic shapes instead of recompiling each time.
-    forward = torch.compile(model, dynamic=True) if compile_model else model
-    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, device=device)
-    batches = [tuple(t.to(device) for t in collator.sample_indices(batch_size)) for _ in range(4)]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+# `ours` first: its FLOP count is the model FLOPs of every variant; compilation (the slowest to start) last.
+VARIANTS = ("ours", "reference", "ours_compiled")
 
-    def step(index: int) -> None:
-        context_indices, target_indices = batches[index % len(batches)]
-        with autocast:
-            loss = forward(pixel_values, context_indices, target_indices).loss
+
+def measure(name: str, batch_size: int, variant: str, device: torch.device, steps: int, warmup: int) -> dict:
+    config = IJepaConfig(**MODELS[name])
+    ours = variant != "reference"
+    with torch.device(device):  # initialise on the GPU: a ViT-H pair takes minutes to initialise on a CPU
+        model = IJepaForPreTraining._from_config(config, attn_implementation="sdpa" if ours else "eager").train()
+    on_cuda = device.type == "cuda"
+    optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, fused=ours and on_cuda,
+                                  foreach=ours and not on_cuda)
+    grid = config.image_size // config.patch_size
+    if ours:
+        sampler = MultiBlockMaskCollator(config.image_size, config.patch_size, min_context_patches=MIN_KEEP, seed=0,
+                                         **MASKING)
+    else:
+        sampler = ReferenceMultiBlockSampler((grid, grid), min_keep=MIN_KEEP, seed=0, **MASKING)
+    pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, device=device)
+    # Masks are sampled ahead (in training, DataLoader workers do it), so that the step alone is timed.
+    batches = [tuple(t.to(device) for t in sampler.sample_indices(batch_size)) for _ in range(4)]
+    compiled = torch.compile(model, dynamic=True) if variant == "ours_compiled" else model
+
+    def loss_of(forward, context_indices, target_indices):
+        if ours:
+            return forward(pixel_values, context_indices, target_indices).loss
+        return reference_style_loss(model, pixel_values, context_indices, target_indices)
+
+    def step(index: int, forward=compiled) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = loss_of(forward, *batches[index % len(batches)])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        model.update_target_encoder(0.996)
+        if ours:
+            model.update_target_encoder(0.996)
+        else:
+            reference_style_ema(model, 0.996)
 
     def synchronize():
-        if device.type == "cuda":
+        if on_cuda:
             torch.cuda.synchronize(device)
 
-    for index in range(warmup):
+    for index in range(warmup):  # at least one pass over the mask batches, so compilation is done before timing
         step(index)
     with FlopCounterMode(display=False) as counter:
-        step(0)
+        step(0, forward=model)
     flops_per_step = counter.get_total_flops()
     synchronize()
-    if device.type == "cuda":
+    if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for index in range(steps):
         step(index)
     synchronize()
     seconds = (time.perf_counter() - start) / steps
-    peak = peak_flops(device)
     return {
-        "model": name, "batch_size": batch_size, "compile": compile_model, "seconds_per_step": seconds,
-        "images_per_s": batch_size / seconds, "tflops_per_step": flops_per_step / 1e12,
-        "achieved_tflops": flops_per_step / seconds / 1e12,
-        "mfu": flops_per_step / seconds / peak if peak else None,
-        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "model": name, "variant": variant, "batch_size": batch_size, "seconds_per_step": seconds,
+        "images_per_s": batch_size / seconds, "counted_tflops_per_step": flops_per_step / 1e12,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else None,
         "vs_paper_a100_rate": batch_size / seconds / PAPER_IMAGES_PER_SECOND_PER_A100,
     }
 
 
-def largest_batch_that_fits(name: str, batch_size: int, compile_model: bool, device, steps: int, warmup: int) -> dict:
+def add_efficiency(row: dict, model_tflops_per_step: float, device: torch.device) -> dict:
+    """Achieved TFLOP/s and MFU of `row` for the model FLOPs of one step at its batch size."""
+    achieved = model_tflops_per_step / row["seconds_per_step"]
+    peak = peak_flops(device)
+    return row | {"tflops_per_step": model_tflops_per_step, "achieved_tflops": achieved,
+                  "mfu": achieved * 1e12 / peak if peak else None}
+
+
+def largest_batch_that_fits(name: str, batch_size: int, variant: str, device, steps: int, warmup: int) -> dict:
     """Measure at `batch_size`, halving it after an out-of-memory error."""
     while True:
         try:
-            return measure(name, batch_size, compile_model, device, steps, warmup)
+            return measure(name, batch_size, variant, device, steps, warmup)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             if batch_size == 1:
@@ -105,14 +139,32 @@ def largest_batch_that_fits(name: str, batch_size: int, compile_model: bool, dev
             batch_size //= 2
 
 
+def measure_row(name: str, variant: str, rows: list[dict], args, device: torch.device) -> dict:
+    """One row of the table. A failure other than running out of memory (a compiler error, say) is recorded in
+    the row, and the other variants and models are still measured."""
+    try:
+        row = largest_batch_that_fits(name, args.batch_size, variant, device, args.steps, args.warmup)
+    except Exception as error:  # noqa: BLE001 - the message is the result
+        torch.compiler.reset()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return {"model": name, "variant": variant, "batch_size": args.batch_size,
+                "error": f"{type(error).__name__}: {first_line}"[:500]}
+    # Model FLOPs from `ours` at the same batch size when measured, else this variant's own count.
+    counted = {(r["model"], r["batch_size"]): r["counted_tflops_per_step"] for r in rows
+               if r["variant"] == "ours" and "error" not in r}
+    return add_efficiency(row, counted.get((name, row["batch_size"]), row["counted_tflops_per_step"]), device)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vit_h14", "vit_l16"], choices=list(MODELS))
     parser.add_argument("--tiny", action="store_true", help="Only the tiny model (a CPU check of the code path).")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--compile", choices=["both", "on", "off"], default="both")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="Untimed steps first (compilation happens here).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output_name", default="gpu_train_step")
     args = parser.parse_args(argv)
@@ -120,15 +172,18 @@ def main(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     models = ["tiny"] if args.tiny else args.models
-    compile_options = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
     rows = []
-    for name in models:
-        for compile_model in compile_options:
-            row = largest_batch_that_fits(name, args.batch_size, compile_model, device, args.steps, args.warmup)
-            print(row, flush=True)
-            rows.append(row)
-    print(markdown_table(rows, ["model", "batch_size", "compile", "images_per_s", "achieved_tflops", "mfu", "peak_memory_gib"]))
-    path = write_results(args.output_name, {"machine": machine(), "device": str(device), "rows": rows})
+    # Variant by variant, so that a run cut short (a slow compilation) still has every model's eager numbers.
+    for variant in args.variants:
+        for name in models:
+            rows.append(measure_row(name, variant, rows, args, device))
+            print(rows[-1], flush=True)
+            path = write_results(args.output_name, {"machine": machine(), "device": str(device), "rows": rows})
+    columns = ["model", "variant", "batch_size", "images_per_s", "achieved_tflops", "mfu", "peak_memory_gib"]
+    print(markdown_table([{column: row.get(column) for column in columns} for row in rows], columns))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['model']} {row['variant']} failed: {row['error']}")
     print(f"wrote {path}")
     return rows
 

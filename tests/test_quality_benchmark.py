@@ -61,3 +61,43 @@ def test_quality_benchmark_end_to_end(tmp_path):
     mae = AutoModel.from_pretrained(tmp_path / "run" / "mae")
     assert type(mae) is ViTMAEModel and mae.config.mask_ratio == 0.0
     assert mae(torch.zeros(1, 3, 32, 32)).last_hidden_state.shape == (1, 1 + 64, 32)
+
+
+def test_results_keep_the_rows_of_runs_on_other_devices_and_budgets(tmp_path):
+    path = tmp_path / "quality_cifar10.json"
+    cpu_run = [{"method": method, "device": "cpu", "budget_minutes": 30.0, "linear_top1": 0.4} for method in ("ijepa", "mae")]
+    gpu_run = [{"method": "ijepa", "device": "cuda", "budget_minutes": 1.5, "linear_top1": 0.5}]
+    assert quality_cifar10.merge_with_earlier_runs(cpu_run, path) == cpu_run  # no file yet
+    path.write_text(json.dumps(cpu_run))
+    assert quality_cifar10.merge_with_earlier_runs(gpu_run, path) == cpu_run + gpu_run
+    # A rerun of the same method, device and budget replaces its earlier row.
+    rerun = [{"method": "mae", "device": "cpu", "budget_minutes": 30.0, "linear_top1": 0.45}]
+    assert quality_cifar10.merge_with_earlier_runs(rerun, path) == cpu_run[:1] + rerun
+    path.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="does not hold a list of result rows"):
+        quality_cifar10.merge_with_earlier_runs(rerun, path)
+
+
+def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeypatch):
+    """With 3 workers the first 2 + 2 * 3 steps come from the prefetch buffer (fast here); only later ones count."""
+    import argparse
+    import types
+
+    clock = {"now": 0.0}
+    steps_run = []
+
+    def parse_args(argv):
+        return argparse.Namespace(dataloader_num_workers=3, max_train_steps=int(argv[argv.index("--max_train_steps") + 1]))
+
+    def train(args, step_callback):
+        for step in range(1, args.max_train_steps + 1):
+            clock["now"] += 0.01 if step <= 8 else 0.1  # buffered steps, then the data-bound rate
+            step_callback(None, None, step)
+        steps_run.append(args.max_train_steps)
+        return None, None, {"images_seen": 32 * args.max_train_steps, "global_step": args.max_train_steps}
+
+    monkeypatch.setitem(quality_cifar10.PRETRAINERS, "ijepa", types.SimpleNamespace(parse_args=parse_args, train=train))
+    monkeypatch.setattr(quality_cifar10, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+    step_seconds, images_per_second = quality_cifar10.calibrate("ijepa", [], calibration_steps=5)
+    assert steps_run == [2 + 2 * 3 + 5]
+    assert step_seconds == pytest.approx(0.1) and images_per_second == pytest.approx(320)
