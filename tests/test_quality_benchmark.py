@@ -65,7 +65,8 @@ def test_quality_benchmark_end_to_end(tmp_path):
 
 def test_results_keep_the_rows_of_runs_on_other_devices_and_budgets(tmp_path):
     path = tmp_path / "quality_cifar10.json"
-    cpu_run = [{"method": method, "device": "cpu", "budget_minutes": 30.0, "linear_top1": 0.4} for method in ("ijepa", "mae")]
+    cpu_run = [{"method": method, "device": "cpu", "budget_minutes": 30.0, "linear_top1": 0.4}
+               for method in ("ijepa", "mae")]
     gpu_run = [{"method": "ijepa", "device": "cuda", "budget_minutes": 1.5, "linear_top1": 0.5}]
     assert quality_cifar10.merge_with_earlier_runs(cpu_run, path) == cpu_run  # no file yet
     path.write_text(json.dumps(cpu_run))
@@ -87,7 +88,8 @@ def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeyp
     steps_run = []
 
     def parse_args(argv):
-        return argparse.Namespace(dataloader_num_workers=3, max_train_steps=int(argv[argv.index("--max_train_steps") + 1]))
+        steps = int(argv[argv.index("--max_train_steps") + 1])
+        return argparse.Namespace(dataloader_num_workers=3, max_train_steps=steps)
 
     def train(args, step_callback):
         for step in range(1, args.max_train_steps + 1):
