@@ -275,13 +275,36 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
     return values, card_data
 
 
-# ----------------------------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------------------------- training
 
 
-def train(args, step_callback=None):
-    """Run pretraining; returns `(accelerator, model, state, card)` where card holds the model-card values.
+class NonFiniteLossGuard:
+    """What a non-finite loss does: stop the run (`--on_nonfinite_loss error`), or skip the batch (`skip`) until
+    MAX_CONSECUTIVE_NONFINITE batches in a row were non-finite, which means the run has diverged."""
 
-    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.consecutive = 0
+
+    def skip_batch(self, loss: torch.Tensor, finite: bool, step: int, epoch: int) -> bool:
+        """True when this batch must be skipped; raises NonFiniteLossError when the run must stop."""
+        if finite:
+            self.consecutive = 0
+            return False
+        # Steps count from 1, as in the logs and checkpoint names: checkpoint-{step} is still good.
+        message = f"Non-finite loss ({loss.item()}) at optimizer step {step + 1} (epoch {epoch})."
+        if self.mode == "error":
+            raise NonFiniteLossError(message + " The last good checkpoint is kept; "
+                                     "pass --on_nonfinite_loss skip to skip such steps.")
+        self.consecutive += 1
+        if self.consecutive >= MAX_CONSECUTIVE_NONFINITE:
+            raise NonFiniteLossError(f"{message} {self.consecutive} batches in a row had a non-finite "
+                                     "loss: the run has diverged. The last good checkpoint is kept.")
+        logger.warning(message + " Skipping this batch.", main_process_only=False)
+        return True
+
+
+def build_accelerator(args) -> Accelerator:
     accelerator = Accelerator(
         # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
         cpu=not torch.accelerator.is_available(),
@@ -293,12 +316,54 @@ def train(args, step_callback=None):
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
-    set_seed(args.seed)
+    return accelerator
+
+
+def prepare_output_dir(args, accelerator) -> Path:
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(output_dir, os.W_OK):
             raise PermissionError(f"--output_dir {output_dir} is not writable.")
+    return output_dir
+
+
+def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: int) -> dict:
+    """The run's counters and log: fresh, or read from `--resume_from_checkpoint` (a folder or `latest`)."""
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
+             "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0}
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint == "latest":
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
+    if checkpoint:
+        state = load_checkpoint(checkpoint, model, optimizer)
+        logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
+                    f"batch {state['batches_in_epoch']}).")
+    return state
+
+
+def log_entry(accelerator, loss, output, schedules: Schedules, state: dict, epoch: int, monitor: bool) -> dict:
+    """One line of `training_log.jsonl` after optimizer step `state["global_step"]`; with `monitor`, the collapse
+    statistics of the target features too."""
+    step = state["global_step"]
+    entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
+             "lr": schedules.learning_rate(step - 1), "weight_decay": schedules.weight_decay_at(step - 1),
+             "momentum": schedules.momentum(step - 1), "images_seen": state["images_seen"],
+             "skipped_examples": state["num_skipped"]}
+    if monitor:
+        entry |= collapse_statistics(first_targets(output.targets))
+    return entry
+
+
+def train(args, step_callback=None):
+    """Run pretraining; returns `(accelerator, model, state, card)` where card holds the model-card values.
+
+    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)
+    output_dir = prepare_output_dir(args, accelerator)
 
     examples, collate, dataloader, description = build_dataloader(args, accelerator)
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -310,6 +375,7 @@ def train(args, step_callback=None):
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     if args.torch_compile:
         model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
+    unwrapped = accelerator.unwrap_model(model)
 
     batches_per_epoch = len(dataloader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
@@ -318,26 +384,15 @@ def train(args, step_callback=None):
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     if args.report_to:
         accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
-
-    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
-             "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0}
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint == "latest":
-        checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
-    if checkpoint:
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
-        logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
-                    f"batch {state['batches_in_epoch']}).")
+    state = initial_state(args, output_dir, unwrapped, optimizer, batches_per_epoch)
 
     logger.info(f"***** Pretraining ({args.modality}) *****")
     logger.info(f"  Examples = {len(examples)}, epochs = {num_epochs}, optimizer steps = {total_steps}")
     logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
     progress = tqdm(range(total_steps), initial=state["global_step"], disable=not accelerator.is_local_main_process)
     checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
-    unwrapped = accelerator.unwrap_model(model)
     started = time.perf_counter() - state["wall_clock"]
+    nonfinite = NonFiniteLossGuard(args.on_nonfinite_loss)
 
     def save(step: int) -> None:
         accelerator.wait_for_everyone()
@@ -347,11 +402,11 @@ def train(args, step_callback=None):
             logger.info(f"Saved {path}")
         accelerator.wait_for_everyone()
 
-    consecutive_nonfinite = 0
     model.train()
     for epoch in range(state["epoch"], num_epochs):
         if state["global_step"] >= total_steps or out_of_time(accelerator, started, args.max_train_minutes):
             break
+        # A resumed epoch starts after the batches its checkpoint had seen, with the same data and mask draws.
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
         examples.set_epoch(epoch)
         dataloader.set_epoch(epoch)
@@ -365,30 +420,20 @@ def train(args, step_callback=None):
                 continue
             step = state["global_step"]
             apply_schedules(optimizer, schedules, step)
+            inputs = model_inputs(batch, args.modality)
             with accelerator.accumulate(model):
-                output = model(**model_inputs(batch, args.modality))
+                output = model(**inputs)
                 loss = output.loss
                 finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all().item()
-                if not finite:
-                    # Steps count from 1, as in the logs and checkpoint names: checkpoint-{step} is still good.
-                    message = f"Non-finite loss ({loss.item()}) at optimizer step {step + 1} (epoch {epoch})."
-                    if args.on_nonfinite_loss == "error":
-                        raise NonFiniteLossError(message + " The last good checkpoint is kept; "
-                                                 "pass --on_nonfinite_loss skip to skip such steps.")
-                    consecutive_nonfinite += 1
-                    if consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
-                        raise NonFiniteLossError(f"{message} {consecutive_nonfinite} batches in a row had a non-finite "
-                                                 "loss: the run has diverged. The last good checkpoint is kept.")
-                    logger.warning(message + " Skipping this batch.", main_process_only=False)
+                if nonfinite.skip_batch(loss, finite, step, epoch):
                     optimizer.zero_grad(set_to_none=True)
                     continue
-                consecutive_nonfinite = 0
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            state["images_seen"] += len(next(iter(model_inputs(batch, args.modality).values()))) * accelerator.num_processes
+            state["images_seen"] += len(next(iter(inputs.values()))) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             unwrapped.update_target_encoder(schedules.momentum(step))
@@ -399,12 +444,7 @@ def train(args, step_callback=None):
             stopping = step >= total_steps or out_of_time(accelerator, started, args.max_train_minutes)
             monitor = step % args.monitor_steps == 0 or stopping
             if step % args.logging_steps == 0 or monitor:
-                entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                         "lr": schedules.learning_rate(step - 1), "weight_decay": schedules.weight_decay_at(step - 1),
-                         "momentum": schedules.momentum(step - 1), "images_seen": state["images_seen"],
-                         "skipped_examples": state["num_skipped"]}
-                if monitor:
-                    entry |= collapse_statistics(first_targets(output.targets))
+                entry = log_entry(accelerator, loss, output, schedules, state, epoch, monitor)
                 state["log_history"].append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 accelerator.log(entry, step=step)
@@ -427,6 +467,9 @@ def train(args, step_callback=None):
     wall_clock = time.perf_counter() - started
     card = card_contents(args, accelerator, state, len(examples), description, global_batch, schedules, wall_clock)
     return accelerator, model, state, card
+
+
+# ----------------------------------------------------------------------------------------------- main
 
 
 def main(argv=None):
