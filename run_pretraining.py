@@ -267,7 +267,8 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
         "start_lr": args.start_lr, "lr": args.learning_rate, "final_lr": args.final_lr,
         "warmup_steps": schedules.warmup_steps, "wd": args.weight_decay, "final_wd": args.final_weight_decay,
         "ema": args.ema_momentum, "final_ema": args.final_ema_momentum, "momentum_schedule": args.momentum_schedule,
-        "precision": accelerator.mixed_precision,
+        "precision": accelerator.mixed_precision
+        + (f", float32 matmul precision {args.matmul_precision}" if args.matmul_precision else ""),
         "final_loss": f"{losses[-1]:.4f}" if losses else "n/a",
         "wall_clock": f"{wall_clock / 60:.1f} min",
         "hyperparameters": hyperparameters,
@@ -363,6 +364,8 @@ def train(args, step_callback=None):
     `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
     accelerator = build_accelerator(args)
     set_seed(args.seed)
+    if args.matmul_precision is not None:
+        torch.set_float32_matmul_precision(args.matmul_precision)
     output_dir = prepare_output_dir(args, accelerator)
 
     examples, collate, dataloader, description = build_dataloader(args, accelerator)

@@ -11,6 +11,10 @@ the baseline makes the straightforward choices of the reference code:
 - the per-sample reference-semantics mask sampler (benchmarks/reference_collator.py);
 - AdamW and the EMA update one parameter at a time instead of multi-tensor (foreach) kernels.
 Each variant runs in its own process so that its peak resident memory can be read.
+
+`--bf16_matmul` adds both variants again with `torch.set_float32_matmul_precision("medium")`: float32 tensors,
+matrix products in bf16 with float32 accumulation (AMX on recent Intel CPUs; the CPU analogue of TF32). Ours then
+uses eager attention, as the CPU's SDPA kernel is slow in that mode.
 """
 
 import argparse
@@ -85,12 +89,19 @@ def reference_style_ema(model: IJepaForPreTraining, momentum: float) -> None:
             target.mul_(momentum).add_((1.0 - momentum) * context.detach())
 
 
+BF16_MATMUL = "_bf16_matmul"  # variant suffix: float32 matmul precision "medium"
+
+
 def measure(variant: str, spec: dict, repeats: int) -> dict:
-    """Run one variant in this process; returns images/s and peak RSS. `spec` holds depth, predictor_depth,
-    batch_size and optionally image_size and patch_size (32 and 4 by default)."""
-    ours = variant == "ours"
+    """Run one variant (`ours` or `reference`, optionally + BF16_MATMUL) in this process; returns images/s and peak
+    RSS. `spec` holds depth, predictor_depth, batch_size and optionally image_size and patch_size (32 and 4)."""
+    ours = variant.startswith("ours")
+    bf16_matmul = variant.endswith(BF16_MATMUL)
+    if bf16_matmul:
+        torch.set_float32_matmul_precision("medium")
     image_size, patch_size = spec.get("image_size", 32), spec.get("patch_size", 4)
-    model = build_model(spec["depth"], spec["predictor_depth"], "sdpa" if ours else "eager", image_size, patch_size)
+    attention = "sdpa" if ours and not bf16_matmul else "eager"
+    model = build_model(spec["depth"], spec["predictor_depth"], attention, image_size, patch_size)
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, weight_decay=0.04, foreach=ours)
     if ours:
         sampler = MultiBlockMaskCollator(image_size, patch_size, min_context_patches=MIN_KEEP, seed=0, **MASKING)
@@ -126,13 +137,24 @@ def run_in_subprocess(variant: str, spec: dict, repeats: int, threads: int) -> d
     return json.loads(output.strip().splitlines()[-1])
 
 
+def comparison_row(setting: str, reference: dict, ours: dict) -> dict:
+    return {
+        "setting": setting, "variant": ours["variant"], "batch_size": ours["batch_size"],
+        "reference_images_per_s": reference["images_per_second"], "ours_images_per_s": ours["images_per_second"],
+        "speedup": ours["images_per_second"] / reference["images_per_second"],
+        "reference_peak_mib": reference["peak_rss_mib"], "ours_peak_mib": ours["peak_rss_mib"],
+        "memory_ratio": ours["peak_rss_mib"] / reference["peak_rss_mib"],
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2, help="Alternate the variants this many times; keep the best.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--worker", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16_matmul", action="store_true", help="Also measure both with bf16 matrix products.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,27 +162,25 @@ def main():
         print(json.dumps(measure(args.worker, json.loads(args.spec), args.repeats)))
         return
 
-    rows = []
+    variants = ["reference", "ours"]
+    if args.bf16_matmul:
+        variants += ["reference" + BF16_MATMUL, "ours" + BF16_MATMUL]
+    rows, best_by_setting = [], {}
     for setting in args.settings:
-        best = {}
-        # Alternating rounds spread slow phases of a shared machine over both variants.
+        best = best_by_setting[setting] = {}
+        # Alternating rounds spread slow phases of a shared machine over all variants.
         for _ in range(args.rounds):
-            for variant in ("reference", "ours"):
+            for variant in variants:
                 result = run_in_subprocess(variant, SETTINGS[setting], args.repeats, args.threads)
                 if variant not in best or result["images_per_second"] > best[variant]["images_per_second"]:
                     best[variant] = result
-        reference, ours = best["reference"], best["ours"]
-        rows.append({
-            "setting": setting, "batch_size": ours["batch_size"],
-            "reference_images_per_s": reference["images_per_second"], "ours_images_per_s": ours["images_per_second"],
-            "speedup": ours["images_per_second"] / reference["images_per_second"],
-            "reference_peak_mib": reference["peak_rss_mib"], "ours_peak_mib": ours["peak_rss_mib"],
-            "memory_ratio": ours["peak_rss_mib"] / reference["peak_rss_mib"],
-        })
-    columns = ["setting", "batch_size", "reference_images_per_s", "ours_images_per_s", "speedup",
+        # Every row is against the reference's choices in float32, the reference code's own precision on a CPU.
+        rows += [comparison_row(setting, best["reference"], best[variant]) for variant in variants[1:]]
+    columns = ["setting", "variant", "batch_size", "reference_images_per_s", "ours_images_per_s", "speedup",
                "reference_peak_mib", "ours_peak_mib", "memory_ratio"]
     print(markdown_table(rows, columns))
-    path = write_results("train_step", {"machine": machine(), "threads": args.threads, "repeats": args.repeats, "rows": rows})
+    path = write_results("train_step", {"machine": machine(), "threads": args.threads, "repeats": args.repeats,
+                                        "rows": rows, "variants": best_by_setting})
     print(f"wrote {path}")
 
 

@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--adam_beta2", type=float, default=0.999)
     optimisation.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping; off by default.")
     optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optimisation.add_argument(
+        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
+        help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
+             "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
+             "the CPU's SDPA kernel slows down in that mode.",
+    )
     optimisation.add_argument("--seed", type=int, default=0)
     optimisation.add_argument("--on_nonfinite_loss", choices=["error", "skip"], default="error")
 

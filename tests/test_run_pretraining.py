@@ -259,3 +259,16 @@ def test_epoch_checkpointing_also_saves_the_last_epoch(tmp_path):
     run_pretraining.main(cifar_args(tmp_path, "--num_train_epochs", "2", "--checkpointing_steps", "epoch",
                                     "--checkpoints_total_limit", "5"))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_matmul_precision_option_sets_torch_and_is_recorded_in_the_card(tmp_path):
+    """`--matmul_precision medium` (bf16 products of float32 matrices) still trains, and the card says so."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "2", "--matmul_precision", "medium",
+                                                "--attn_implementation", "eager"))
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert state["global_step"] == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in state["log_history"])
+    assert "float32 matmul precision medium" in (tmp_path / "README.md").read_text()
