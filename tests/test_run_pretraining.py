@@ -192,7 +192,7 @@ def write_image_folder(root):
     """Real CIFAR photos in many modes, plus a corrupt and a truncated file."""
     from datasets import load_dataset
 
-    photos = [row["img"] for row in load_dataset(str(CIFAR10), split="test[:24]")]
+    photos = [row["img"] for row in load_dataset(str(require(CIFAR10)), split="test[:24]")]
     folder = root / "train" / "things"
     folder.mkdir(parents=True)
     for i, photo in enumerate(photos[:16]):
