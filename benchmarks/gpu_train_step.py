@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, write_results  # noqa: E402
 from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
-from train_step import MASKING, MIN_KEEP, reference_style_ema, reference_style_loss  # noqa: E402
+from train_step import MASKING, MIN_KEEP, backward_and_update, reference_style_loss  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
 from modeling_ijepa.training import parameter_groups  # noqa: E402
@@ -85,13 +85,7 @@ def measure(name: str, batch_size: int, variant: str, device: torch.device, step
     def step(index: int, forward=compiled) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = loss_of(forward, *batches[index % len(batches)])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ours:
-            model.update_target_encoder(0.996)
-        else:
-            reference_style_ema(model, 0.996)
+        backward_and_update(model, optimizer, loss, ours)
 
     def synchronize():
         if on_cuda:

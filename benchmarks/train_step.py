@@ -89,6 +89,18 @@ def reference_style_ema(model: IJepaForPreTraining, momentum: float) -> None:
             target.mul_(momentum).add_((1.0 - momentum) * context.detach())
 
 
+def backward_and_update(model: IJepaForPreTraining, optimizer, loss: torch.Tensor, ours: bool) -> None:
+    """The rest of a training step after the loss: backward, AdamW, and the EMA update (ours: multi-tensor;
+    the reference's: one parameter at a time)."""
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ours:
+        model.update_target_encoder(0.996)
+    else:
+        reference_style_ema(model, 0.996)
+
+
 BF16_MATMUL = "_bf16_matmul"  # variant suffix: float32 matmul precision "medium"
 
 
@@ -116,13 +128,7 @@ def measure(variant: str, spec: dict, repeats: int) -> dict:
             loss = model(pixel_values, context_indices, target_indices).loss
         else:
             loss = reference_style_loss(model, pixel_values, context_indices, target_indices)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ours:
-            model.update_target_encoder(0.996)
-        else:
-            reference_style_ema(model, 0.996)
+        backward_and_update(model, optimizer, loss, ours)
 
     seconds = median_seconds(step, repeats=repeats, warmup=2)
     return {"variant": variant, **spec, "seconds_per_step": seconds,
