@@ -15,12 +15,12 @@ def test_gpu_train_step_script_runs_on_cpu_with_a_tiny_model(tmp_path, monkeypat
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     rows = gpu_train_step.main(["--tiny", "--device", "cpu", "--batch_size", "8", "--steps", "1", "--warmup", "1",
                                 "--output_name", "gpu_tiny"])
-    assert [row["variant"] for row in rows] == ["ours", "reference", "ours_compiled"]
+    assert [row["variant"] for row in rows] == ["ours", "reference", "ours_compiled", "ours_compiled_layers"]
     assert all(row["images_per_s"] > 0 and row["counted_tflops_per_step"] > 0 for row in rows)
     # MFU is about the same work: every variant is credited with the model FLOPs counted on `ours`.
     assert {row["tflops_per_step"] for row in rows} == {rows[0]["counted_tflops_per_step"]}
     saved = json.loads((tmp_path / "gpu_tiny.json").read_text())
-    assert saved["device"] == "cpu" and len(saved["rows"]) == 3
+    assert saved["device"] == "cpu" and len(saved["rows"]) == 4
 
 
 def test_gpu_train_step_records_a_failing_variant_and_measures_the_rest(tmp_path, monkeypatch):
