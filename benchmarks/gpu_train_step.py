@@ -4,17 +4,16 @@
     python benchmarks/gpu_train_step.py --tiny --device cpu   # the same code path on a tiny model (tests)
 
 One step = forward + backward + AdamW + EMA update, bf16 autocast, masks of 4 targets at the paper's scales,
-on random images (the data pipeline is measured by data_pipeline.py). Three variants, side by side in one run:
+on random images (the data pipeline is measured by data_pipeline.py). Four variants, side by side in one run:
 - `reference`: our model with the reference code's choices (train_step.py): eager attention, one gather per
   block with `.repeat` copies of the context for every target, per-parameter AdamW and EMA;
 - `ours`: SDPA attention, batched gathers with `expand`, fused AdamW, multi-tensor EMA;
 - `ours_compiled`: `ours` under `torch.compile` (dynamic shapes: mask lengths change from batch to batch);
 - `ours_compiled_layers`: each transformer layer compiled on its own (regional compilation): one small graph
   reused by every layer, compiled in a fraction of the time; the gathers between layers stay eager.
-Model FLOPs are counted with torch.utils.flop_counter on one
-eager step of `ours` and used for every variant of that model (the counter books eager attention's matmuls
-differently from SDPA's, and MFU is about the same work done faster); MFU = achieved FLOP/s / the card's dense
-bf16 peak. The paper's run: 300 ImageNet epochs in about
+Model FLOPs are counted with torch.utils.flop_counter on one eager step of `ours` and used for every variant of
+that model (the counter books eager attention's matmuls differently from SDPA's, and MFU is about the same work
+done faster); MFU = achieved FLOP/s / the card's dense bf16 peak. The paper's run: 300 ImageNet epochs in about
 1,200 A100-hours, about 89 images/s per A100 for ViT-H/14. Results are written after every row, so a run cut
 short keeps what it measured.
 """
@@ -30,12 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, write_results  # noqa: E402
-from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
-from train_step import MASKING, MIN_KEEP, backward_and_update, reference_style_loss  # noqa: E402
+from train_step import backward_and_update, mask_sampler, reference_style_loss  # noqa: E402
 
 from transformers.models.ijepa.modeling_ijepa import IJepaLayer  # noqa: E402
 
-from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining  # noqa: E402
 from modeling_ijepa.training import parameter_groups  # noqa: E402
 
 MODELS = {
@@ -70,12 +68,7 @@ def measure(name: str, batch_size: int, variant: str, device: torch.device, step
     on_cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, fused=ours and on_cuda,
                                   foreach=ours and not on_cuda)
-    grid = config.image_size // config.patch_size
-    if ours:
-        sampler = MultiBlockMaskCollator(config.image_size, config.patch_size, min_context_patches=MIN_KEEP, seed=0,
-                                         **MASKING)
-    else:
-        sampler = ReferenceMultiBlockSampler((grid, grid), min_keep=MIN_KEEP, seed=0, **MASKING)
+    sampler = mask_sampler(ours, config.image_size, config.patch_size)
     pixel_values = torch.randn(batch_size, 3, config.image_size, config.image_size, device=device)
     # Masks are sampled ahead (in training, DataLoader workers do it), so that the step alone is timed.
     batches = [tuple(t.to(device) for t in sampler.sample_indices(batch_size)) for _ in range(4)]

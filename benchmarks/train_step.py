@@ -101,7 +101,17 @@ def backward_and_update(model: IJepaForPreTraining, optimizer, loss: torch.Tenso
         reference_style_ema(model, 0.996)
 
 
+def mask_sampler(ours: bool, image_size: int, patch_size: int):
+    """Our vectorised collator, or the per-sample reference sampler, with the same masking settings; both have
+    `sample_indices(batch_size) -> (context_indices, target_indices)`."""
+    if ours:
+        return MultiBlockMaskCollator(image_size, patch_size, min_context_patches=MIN_KEEP, seed=0, **MASKING)
+    grid = image_size // patch_size
+    return ReferenceMultiBlockSampler((grid, grid), min_keep=MIN_KEEP, seed=0, **MASKING)
+
+
 BF16_MATMUL = "_bf16_matmul"  # variant suffix: float32 matmul precision "medium"
+VARIANTS = ("reference", "ours", "reference" + BF16_MATMUL, "ours" + BF16_MATMUL)
 
 
 def measure(variant: str, spec: dict, repeats: int) -> dict:
@@ -115,11 +125,7 @@ def measure(variant: str, spec: dict, repeats: int) -> dict:
     attention = "sdpa" if ours and not bf16_matmul else "eager"
     model = build_model(spec["depth"], spec["predictor_depth"], attention, image_size, patch_size)
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, weight_decay=0.04, foreach=ours)
-    if ours:
-        sampler = MultiBlockMaskCollator(image_size, patch_size, min_context_patches=MIN_KEEP, seed=0, **MASKING)
-    else:
-        grid = image_size // patch_size
-        sampler = ReferenceMultiBlockSampler((grid, grid), min_keep=MIN_KEEP, seed=0, **MASKING)
+    sampler = mask_sampler(ours, image_size, patch_size)
     pixel_values = torch.randn(spec["batch_size"], 3, image_size, image_size)
 
     def step():
@@ -160,7 +166,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2, help="Alternate the variants this many times; keep the best.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bf16_matmul", action="store_true", help="Also measure both with bf16 matrix products.")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -168,9 +174,7 @@ def main():
         print(json.dumps(measure(args.worker, json.loads(args.spec), args.repeats)))
         return
 
-    variants = ["reference", "ours"]
-    if args.bf16_matmul:
-        variants += ["reference" + BF16_MATMUL, "ours" + BF16_MATMUL]
+    variants = VARIANTS if args.bf16_matmul else VARIANTS[:2]
     rows, best_by_setting = [], {}
     for setting in args.settings:
         best = best_by_setting[setting] = {}
