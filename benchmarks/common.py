@@ -47,6 +47,24 @@ def median_seconds(function, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(functions: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall-clock seconds of each of `functions` (name -> callable) in each of `repeats` rounds.
+
+    Every round runs each function once, in an order that rotates from round to round, so that the slow phases
+    of a shared machine fall on all of them alike; per-round ratios then cancel most of that noise.
+    Returns name -> `repeats` timings, after `warmup` untimed rounds.
+    """
+    names = list(functions)
+    times = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = median_seconds(functions[name], repeats=1, warmup=0)
+            if round_index >= warmup:
+                times[name].append(seconds)
+    return times
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     import resource

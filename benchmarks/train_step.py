@@ -10,7 +10,9 @@ the baseline makes the straightforward choices of the reference code:
   target block and targets stacked with `repeat_interleave_batch`-style concatenations;
 - the per-sample reference-semantics mask sampler (benchmarks/reference_collator.py);
 - AdamW and the EMA update one parameter at a time instead of multi-tensor (foreach) kernels.
-Each variant runs in its own process so that its peak resident memory can be read.
+The variants take turns step by step in one process (the order rotating every round), and the speedup is the
+median of per-round ratios, so that the slow phases of a shared machine fall on both alike. Peak resident
+memory is read from a separate short process per variant.
 
 `--bf16_matmul` adds both variants again with `torch.set_float32_matmul_precision("medium")`: float32 tensors,
 matrix products in bf16 with float32 accumulation (AMX on recent Intel CPUs; the CPU analogue of TF32). Ours then
@@ -19,6 +21,7 @@ uses eager attention, as the CPU's SDPA kernel is slow in that mode.
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, markdown_table, median_seconds, peak_rss_mib, write_results  # noqa: E402
+from common import (  # noqa: E402
+    interleaved_seconds, machine, markdown_table, median_seconds, peak_rss_mib, write_results,
+)
 from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
@@ -114,21 +119,21 @@ BF16_MATMUL = "_bf16_matmul"  # variant suffix: float32 matmul precision "medium
 VARIANTS = ("reference", "ours", "reference" + BF16_MATMUL, "ours" + BF16_MATMUL)
 
 
-def measure(variant: str, spec: dict, repeats: int) -> dict:
-    """Run one variant (`ours` or `reference`, optionally + BF16_MATMUL) in this process; returns images/s and peak
-    RSS. `spec` holds depth, predictor_depth, batch_size and optionally image_size and patch_size (32 and 4)."""
+def build_step(variant: str, spec: dict):
+    """One variant's training step as a callable: `ours` or `reference`, optionally + BF16_MATMUL. `spec` holds
+    depth, predictor_depth, batch_size and optionally image_size and patch_size (32 and 4)."""
     ours = variant.startswith("ours")
-    bf16_matmul = variant.endswith(BF16_MATMUL)
-    if bf16_matmul:
-        torch.set_float32_matmul_precision("medium")
+    precision = "medium" if variant.endswith(BF16_MATMUL) else "highest"
     image_size, patch_size = spec.get("image_size", 32), spec.get("patch_size", 4)
-    attention = "sdpa" if ours and not bf16_matmul else "eager"
+    attention = "sdpa" if ours and precision == "highest" else "eager"
     model = build_model(spec["depth"], spec["predictor_depth"], attention, image_size, patch_size)
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, weight_decay=0.04, foreach=ours)
     sampler = mask_sampler(ours, image_size, patch_size)
     pixel_values = torch.randn(spec["batch_size"], 3, image_size, image_size)
 
     def step():
+        # The precision is process-wide: set it for every step, as variants take turns in one process.
+        torch.set_float32_matmul_precision(precision)
         context_indices, target_indices = sampler.sample_indices(spec["batch_size"])
         if ours:
             loss = model(pixel_values, context_indices, target_indices).loss
@@ -136,7 +141,13 @@ def measure(variant: str, spec: dict, repeats: int) -> dict:
             loss = reference_style_loss(model, pixel_values, context_indices, target_indices)
         backward_and_update(model, optimizer, loss, ours)
 
-    seconds = median_seconds(step, repeats=repeats, warmup=2)
+    return step
+
+
+def measure(variant: str, spec: dict, repeats: int) -> dict:
+    """Time one variant alone in this process (median of `repeats` steps after 2 warm-up steps) and read the
+    process's peak resident memory."""
+    seconds = median_seconds(build_step(variant, spec), repeats=repeats, warmup=2)
     return {"variant": variant, **spec, "seconds_per_step": seconds,
             "images_per_second": spec["batch_size"] / seconds, "peak_rss_mib": peak_rss_mib()}
 
@@ -149,21 +160,27 @@ def run_in_subprocess(variant: str, spec: dict, repeats: int, threads: int) -> d
     return json.loads(output.strip().splitlines()[-1])
 
 
-def comparison_row(setting: str, reference: dict, ours: dict) -> dict:
+def comparison_row(setting: str, spec: dict, variant: str, seconds: dict, memory: dict) -> dict:
+    """One variant against the reference's choices in float32 (the reference code's own precision on a CPU).
+    The speedup is the median of per-round ratios: both ran in the same round, so machine noise mostly cancels."""
+    ratios = sorted(reference / ours for reference, ours in zip(seconds["reference"], seconds[variant]))
+    batch_size = spec["batch_size"]
     return {
-        "setting": setting, "variant": ours["variant"], "batch_size": ours["batch_size"],
-        "reference_images_per_s": reference["images_per_second"], "ours_images_per_s": ours["images_per_second"],
-        "speedup": ours["images_per_second"] / reference["images_per_second"],
-        "reference_peak_mib": reference["peak_rss_mib"], "ours_peak_mib": ours["peak_rss_mib"],
-        "memory_ratio": ours["peak_rss_mib"] / reference["peak_rss_mib"],
+        "setting": setting, "variant": variant, "batch_size": batch_size,
+        "reference_images_per_s": batch_size / statistics.median(seconds["reference"]),
+        "ours_images_per_s": batch_size / statistics.median(seconds[variant]),
+        "speedup": statistics.median(ratios),
+        "speedup_quartiles": [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]],
+        "reference_peak_mib": memory["reference"], "ours_peak_mib": memory[variant],
+        "memory_ratio": memory[variant] / memory["reference"],
     }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="Alternate the variants this many times; keep the best.")
+    parser.add_argument("--repeats", type=int, default=30, help="Timed rounds; each runs one step of every variant.")
+    parser.add_argument("--memory_steps", type=int, default=3, help="Timed steps of each variant's memory process.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bf16_matmul", action="store_true", help="Also measure both with bf16 matrix products.")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -175,22 +192,20 @@ def main():
         return
 
     variants = VARIANTS if args.bf16_matmul else VARIANTS[:2]
-    rows, best_by_setting = [], {}
+    rows, seconds_by_setting = [], {}
     for setting in args.settings:
-        best = best_by_setting[setting] = {}
-        # Alternating rounds spread slow phases of a shared machine over all variants.
-        for _ in range(args.rounds):
-            for variant in variants:
-                result = run_in_subprocess(variant, SETTINGS[setting], args.repeats, args.threads)
-                if variant not in best or result["images_per_second"] > best[variant]["images_per_second"]:
-                    best[variant] = result
-        # Every row is against the reference's choices in float32, the reference code's own precision on a CPU.
-        rows += [comparison_row(setting, best["reference"], best[variant]) for variant in variants[1:]]
+        spec = SETTINGS[setting]
+        memory = {variant: run_in_subprocess(variant, spec, args.memory_steps, args.threads)["peak_rss_mib"]
+                  for variant in variants}
+        steps = {variant: build_step(variant, spec) for variant in variants}
+        seconds = seconds_by_setting[setting] = interleaved_seconds(steps, args.repeats, warmup=2)
+        del steps
+        rows += [comparison_row(setting, spec, variant, seconds, memory) for variant in variants[1:]]
     columns = ["setting", "variant", "batch_size", "reference_images_per_s", "ours_images_per_s", "speedup",
                "reference_peak_mib", "ours_peak_mib", "memory_ratio"]
     print(markdown_table(rows, columns))
     path = write_results("train_step", {"machine": machine(), "threads": args.threads, "repeats": args.repeats,
-                                        "rows": rows, "variants": best_by_setting})
+                                        "rows": rows, "seconds_per_step": seconds_by_setting})
     print(f"wrote {path}")
 
 

@@ -40,3 +40,42 @@ def test_gpu_train_step_records_a_failing_variant_and_measures_the_rest(tmp_path
                        "error": "AssertionError: inductor could not split the fused node"}
     assert rows[1]["variant"] == "ours" and rows[1]["images_per_s"] > 0
     assert len(json.loads((tmp_path / "gpu_fail.json").read_text())["rows"]) == 2
+
+
+def test_interleaved_seconds_rotates_the_order_and_drops_the_warmup_rounds(monkeypatch):
+    import common
+
+    calls = []
+    functions = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = common.interleaved_seconds(functions, repeats=3, warmup=1)
+    # Round r starts at function r mod 3, so each one is first, second and last in turn.
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_train_step_speedup_is_the_median_of_per_round_ratios():
+    import train_step
+
+    spec = {"batch_size": 10}
+    # A slow phase in round 2 hits both variants: the per-round ratio stays 2.
+    seconds = {"reference": [2.0, 8.0, 2.0, 2.0], "ours": [1.0, 4.0, 1.0, 1.0]}
+    row = train_step.comparison_row("s", spec, "ours", seconds, {"reference": 100.0, "ours": 90.0})
+    assert row["speedup"] == 2.0 and row["speedup_quartiles"] == [2.0, 2.0]
+    assert row["reference_images_per_s"] == 5.0 and row["ours_images_per_s"] == 10.0
+    assert row["memory_ratio"] == 0.9
+
+
+def test_train_step_variants_run_one_step_each_in_one_process():
+    import torch
+    import train_step
+
+    spec = {"depth": 1, "predictor_depth": 1, "batch_size": 4}
+    steps = {variant: train_step.build_step(variant, spec) for variant in train_step.VARIANTS}
+    try:
+        for variant, step in steps.items():
+            step()
+            # Each step sets the process-wide matmul precision that its variant needs.
+            expected = "medium" if variant.endswith(train_step.BF16_MATMUL) else "highest"
+            assert torch.get_float32_matmul_precision() == expected
+    finally:
+        torch.set_float32_matmul_precision("highest")
