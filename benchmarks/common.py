@@ -66,10 +66,18 @@ def interleaved_seconds(functions: dict, repeats: int, warmup: int = 1) -> dict[
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    import resource
+    """Peak resident memory of this process so far, in MiB.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Linux's `VmHWM` belongs to the running program only, whereas `getrusage`'s `ru_maxrss` keeps the peak of the
+    parent's memory copied at `fork` across `exec`: a worker started by a large process would report the parent.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def write_results(name: str, payload: dict) -> Path:

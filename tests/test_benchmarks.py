@@ -79,3 +79,19 @@ def test_train_step_variants_run_one_step_each_in_one_process():
             assert torch.get_float32_matmul_precision() == expected
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+def test_a_worker_started_by_a_large_process_reports_its_own_peak_memory():
+    """`ru_maxrss` survives fork + exec on Linux: a worker would report its parent's peak, not its own."""
+    import subprocess
+
+    import torch
+
+    from .conftest import REPO_ROOT
+
+    ballast = torch.ones(256 * 2**20)  # 1 GiB resident in this process
+    command = [sys.executable, "-c", "import common; print(common.peak_rss_mib())"]
+    child_peak = float(subprocess.run(command, cwd=REPO_ROOT / "benchmarks", check=True, capture_output=True,
+                                      text=True).stdout)
+    assert 0 < child_peak < 900, child_peak
+    del ballast
