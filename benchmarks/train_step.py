@@ -16,7 +16,8 @@ memory is read from a separate short process per variant.
 
 `--bf16_matmul` adds both variants again with `torch.set_float32_matmul_precision("medium")`: float32 tensors,
 matrix products in bf16 with float32 accumulation (AMX on recent Intel CPUs; the CPU analogue of TF32). Ours then
-uses eager attention, as the CPU's SDPA kernel is slow in that mode.
+uses eager attention, as the CPU's SDPA kernel is slow in that mode. `--compile` adds ours under `torch.compile`
+(CPU inductor, dynamic shapes), compiled before the timing starts.
 """
 
 import argparse
@@ -116,12 +117,15 @@ def mask_sampler(ours: bool, image_size: int, patch_size: int):
 
 
 BF16_MATMUL = "_bf16_matmul"  # variant suffix: float32 matmul precision "medium"
-VARIANTS = ("reference", "ours", "reference" + BF16_MATMUL, "ours" + BF16_MATMUL)
+COMPILED = "ours_compiled"  # ours under torch.compile (CPU inductor), float32
+VARIANTS = ("reference", "ours", "reference" + BF16_MATMUL, "ours" + BF16_MATMUL, COMPILED)
+COMPILE_WARMUP_STEPS = 4  # compiling (forward, then backward) and any recompiles happen in these
 
 
 def build_step(variant: str, spec: dict):
-    """One variant's training step as a callable: `ours` or `reference`, optionally + BF16_MATMUL. `spec` holds
-    depth, predictor_depth, batch_size and optionally image_size and patch_size (32 and 4)."""
+    """One variant's training step as a callable: `ours` or `reference`, optionally + BF16_MATMUL, or COMPILED
+    (compiled here, before any timing). `spec` holds depth, predictor_depth, batch_size and optionally image_size
+    and patch_size (32 and 4)."""
     ours = variant.startswith("ours")
     precision = "medium" if variant.endswith(BF16_MATMUL) else "highest"
     image_size, patch_size = spec.get("image_size", 32), spec.get("patch_size", 4)
@@ -130,17 +134,21 @@ def build_step(variant: str, spec: dict):
     optimizer = torch.optim.AdamW(parameter_groups(model), lr=1e-4, weight_decay=0.04, foreach=ours)
     sampler = mask_sampler(ours, image_size, patch_size)
     pixel_values = torch.randn(spec["batch_size"], 3, image_size, image_size)
+    # Mask lengths change from batch to batch: dynamic shapes, as `run_pretraining.py --torch_compile` does.
+    forward = torch.compile(model, dynamic=True) if variant == COMPILED else model
 
     def step():
         # The precision is process-wide: set it for every step, as variants take turns in one process.
         torch.set_float32_matmul_precision(precision)
         context_indices, target_indices = sampler.sample_indices(spec["batch_size"])
         if ours:
-            loss = model(pixel_values, context_indices, target_indices).loss
+            loss = forward(pixel_values, context_indices, target_indices).loss
         else:
             loss = reference_style_loss(model, pixel_values, context_indices, target_indices)
         backward_and_update(model, optimizer, loss, ours)
 
+    for _ in range(COMPILE_WARMUP_STEPS if variant == COMPILED else 0):
+        step()
     return step
 
 
@@ -183,6 +191,7 @@ def main():
     parser.add_argument("--memory_steps", type=int, default=3, help="Timed steps of each variant's memory process.")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--bf16_matmul", action="store_true", help="Also measure both with bf16 matrix products.")
+    parser.add_argument("--compile", action="store_true", help="Also measure ours under torch.compile (minutes).")
     parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,7 +200,8 @@ def main():
         print(json.dumps(measure(args.worker, json.loads(args.spec), args.repeats)))
         return
 
-    variants = VARIANTS if args.bf16_matmul else VARIANTS[:2]
+    variants = ["reference", "ours"] + [variant + BF16_MATMUL for variant in ("reference", "ours") if args.bf16_matmul]
+    variants += [COMPILED] if args.compile else []
     rows, seconds_by_setting = [], {}
     for setting in args.settings:
         spec = SETTINGS[setting]
