@@ -3,9 +3,11 @@
     python benchmarks/feature_extraction.py      # ViT-B/16 at 224, batch 64, eval, no grad
 
 Writes benchmarks/results/feature_extraction.json with images/s of both and their ratio, per attention backend.
+Both take turns batch by batch; the ratio is the median of per-round ratios.
 """
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaMod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, markdown_table, median_seconds, write_results  # noqa: E402
+from common import interleaved_seconds, machine, markdown_table, write_results  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaModel  # noqa: E402
 
@@ -23,7 +25,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8, help="Rounds; each times one batch of both.")
     parser.add_argument("--attn_implementations", nargs="+", default=["sdpa", "eager"])
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -37,17 +39,20 @@ def main():
         stock = StockIJepaModel._from_config(config.stock_config(), attn_implementation=attn).to(device).eval()
         stock.load_state_dict(ours.state_dict())
         with torch.no_grad():
-            torch.testing.assert_close(ours(pixel_values[:2]).last_hidden_state, stock(pixel_values[:2]).last_hidden_state)
-            timings = {"stock": [], "ours": []}
-            for _ in range(args.repeats):  # interleaved, so both see the same machine state
-                timings["stock"].append(median_seconds(lambda: stock(pixel_values), repeats=1, warmup=0))
-                timings["ours"].append(median_seconds(lambda: ours(pixel_values), repeats=1, warmup=0))
-        stock_seconds, ours_seconds = min(timings["stock"]), min(timings["ours"])
+            torch.testing.assert_close(ours(pixel_values[:2]).last_hidden_state,
+                                       stock(pixel_values[:2]).last_hidden_state)
+            seconds = interleaved_seconds({"stock": lambda: stock(pixel_values), "ours": lambda: ours(pixel_values)},
+                                          repeats=args.repeats, warmup=1)
+        # Both ran in every round: the median of per-round ratios cancels most of a shared machine's slow phases.
+        ratios = sorted(stock_time / ours_time for stock_time, ours_time in zip(seconds["stock"], seconds["ours"]))
         rows.append({"attn_implementation": attn, "batch_size": args.batch_size,
-                     "stock_images_per_s": args.batch_size / stock_seconds,
-                     "ours_images_per_s": args.batch_size / ours_seconds, "ratio": stock_seconds / ours_seconds})
+                     "stock_images_per_s": args.batch_size / statistics.median(seconds["stock"]),
+                     "ours_images_per_s": args.batch_size / statistics.median(seconds["ours"]),
+                     "ratio": statistics.median(ratios), "ratio_range": [ratios[0], ratios[-1]]})
     print(markdown_table(rows, list(rows[0])))
-    print(f"wrote {write_results('feature_extraction', {'machine': machine(), 'device': device, 'image_size': args.image_size, 'rows': rows})}")
+    results = {"machine": machine(), "device": device, "image_size": args.image_size, "repeats": args.repeats,
+               "rows": rows}
+    print(f"wrote {write_results('feature_extraction', results)}")
 
 
 if __name__ == "__main__":
