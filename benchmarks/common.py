@@ -65,6 +65,12 @@ def interleaved_seconds(functions: dict, repeats: int, warmup: int = 1) -> dict[
     return times
 
 
+def per_round_ratios(baseline_seconds: list[float], candidate_seconds: list[float]) -> list[float]:
+    """Sorted speedups baseline / candidate of the rounds of `interleaved_seconds`, round by round: a slow phase
+    of the machine slows both timings of a round alike, so it mostly cancels in their ratio."""
+    return sorted(baseline / candidate for baseline, candidate in zip(baseline_seconds, candidate_seconds))
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, in MiB.
 

@@ -16,7 +16,7 @@ from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaMod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import interleaved_seconds, machine, markdown_table, write_results  # noqa: E402
+from common import interleaved_seconds, machine, markdown_table, per_round_ratios, write_results  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaModel  # noqa: E402
 
@@ -43,8 +43,7 @@ def main():
                                        stock(pixel_values[:2]).last_hidden_state)
             seconds = interleaved_seconds({"stock": lambda: stock(pixel_values), "ours": lambda: ours(pixel_values)},
                                           repeats=args.repeats, warmup=1)
-        # Both ran in every round: the median of per-round ratios cancels most of a shared machine's slow phases.
-        ratios = sorted(stock_time / ours_time for stock_time, ours_time in zip(seconds["stock"], seconds["ours"]))
+        ratios = per_round_ratios(seconds["stock"], seconds["ours"])
         rows.append({"attn_implementation": attn, "batch_size": args.batch_size,
                      "stock_images_per_s": args.batch_size / statistics.median(seconds["stock"]),
                      "ours_images_per_s": args.batch_size / statistics.median(seconds["ours"]),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402
-    interleaved_seconds, machine, markdown_table, median_seconds, peak_rss_mib, write_results,
+    interleaved_seconds, machine, markdown_table, median_seconds, peak_rss_mib, per_round_ratios, write_results,
 )
 from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
 
@@ -44,7 +44,8 @@ SETTINGS = {
     "vit_tiny_b64": {"depth": 12, "predictor_depth": 6, "batch_size": 64},
     "vit_tiny_6blocks_b128": {"depth": 6, "predictor_depth": 4, "batch_size": 128},
 }
-MASKING = {"num_targets": 4, "target_scale": (0.15, 0.2), "target_aspect_ratio": (0.75, 1.5), "context_scale": (0.85, 1.0)}
+MASKING = {"num_targets": 4, "target_scale": (0.15, 0.2), "target_aspect_ratio": (0.75, 1.5),
+           "context_scale": (0.85, 1.0)}
 MIN_KEEP = 4  # the reference's min_keep=10 never terminates on an 8x8 grid at these target scales
 
 
@@ -171,7 +172,7 @@ def run_in_subprocess(variant: str, spec: dict, repeats: int, threads: int) -> d
 def comparison_row(setting: str, spec: dict, variant: str, seconds: dict, memory: dict) -> dict:
     """One variant against the reference's choices in float32 (the reference code's own precision on a CPU).
     The speedup is the median of per-round ratios: both ran in the same round, so machine noise mostly cancels."""
-    ratios = sorted(reference / ours for reference, ours in zip(seconds["reference"], seconds[variant]))
+    ratios = per_round_ratios(seconds["reference"], seconds[variant])
     batch_size = spec["batch_size"]
     return {
         "setting": setting, "variant": variant, "batch_size": batch_size,
