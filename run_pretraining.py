@@ -9,6 +9,7 @@ download. At the end `--output_dir` holds the target encoder in transformers' fo
 `pretraining/`, the training curves and a model card; `--push_to_hub` uploads it.
 """
 
+import functools
 import json
 import logging
 import math
@@ -35,15 +36,9 @@ from modeling_ijepa.image_data import (
     pretraining_transform,
 )
 from modeling_ijepa.model_card import plot_training_curves, write_model_card
+from modeling_ijepa.optimization import NonFiniteLossError, PretrainingStep, build_optimizer
 from modeling_ijepa.schedules import Schedules
-from modeling_ijepa.training import (
-    GlobalBatchMaskCollate,
-    SeededExamples,
-    apply_schedules,
-    collapse_statistics,
-    out_of_time,
-    parameter_groups,
-)
+from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples, collapse_statistics, out_of_time
 
 logger = get_logger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pretraining.md"
@@ -51,10 +46,6 @@ MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pr
 
 # With --on_nonfinite_loss skip, this many skipped batches in a row mean the run has diverged: stop it.
 MAX_CONSECUTIVE_NONFINITE = 10
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -164,23 +155,25 @@ def build_model(args):
     return model_class._from_config(config, attn_implementation=args.attn_implementation)
 
 
-def build_optimizer(args, model) -> torch.optim.AdamW:
-    # Multi-tensor kernels: fused on CUDA, foreach elsewhere (PyTorch would loop over parameters on the CPU).
-    on_cuda = torch.cuda.is_available()
-    return torch.optim.AdamW(
-        parameter_groups(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        foreach=None if on_cuda else True, fused=True if on_cuda else None,
-    )
-
-
 def build_schedules(args, steps_per_epoch: int) -> Schedules:
     total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_epochs * steps_per_epoch)
+    schedule_steps = int(args.ipe_scale * total_steps)
     return Schedules(
-        total_steps=total_steps, warmup_steps=min(warmup_steps, total_steps), lr=args.learning_rate,
+        total_steps=total_steps, warmup_steps=min(warmup_steps, schedule_steps), lr=args.learning_rate,
         start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
         final_weight_decay=args.final_weight_decay, ema_momentum=args.ema_momentum,
         final_ema_momentum=args.final_ema_momentum, momentum_schedule=args.momentum_schedule,
+        ipe_scale=args.ipe_scale,
+    )
+
+
+def build_step(args, accelerator, model, optimizer, schedules: Schedules) -> PretrainingStep:
+    # The reference V-JEPA clips only once the 0-based epoch index is past the warmup epochs.
+    clip_after = args.warmup_epochs if args.clip_grad_after_warmup else None
+    return PretrainingStep(
+        accelerator, model, optimizer, schedules, max_grad_norm=args.max_grad_norm, clip_grad_after_epoch=clip_after,
+        on_nonfinite_loss=args.on_nonfinite_loss,
     )
 
 
@@ -279,30 +272,23 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
 # ----------------------------------------------------------------------------------------------- training
 
 
-class NonFiniteLossGuard:
-    """What a non-finite loss does: stop the run (`--on_nonfinite_loss error`), or skip the batch (`skip`) until
-    MAX_CONSECUTIVE_NONFINITE batches in a row were non-finite, which means the run has diverged."""
+class SkippedBatches:
+    """`--on_nonfinite_loss skip`: the step skips a batch whose loss is not finite; MAX_CONSECUTIVE_NONFINITE
+    skipped batches in a row mean the run has diverged, and stop it."""
 
-    def __init__(self, mode: str):
-        self.mode = mode
+    def __init__(self):
         self.consecutive = 0
 
-    def skip_batch(self, loss: torch.Tensor, finite: bool, step: int, epoch: int) -> bool:
-        """True when this batch must be skipped; raises NonFiniteLossError when the run must stop."""
-        if finite:
+    def count(self, skipped: bool, step: int, epoch: int) -> None:
+        if not skipped:
             self.consecutive = 0
-            return False
-        # Steps count from 1, as in the logs and checkpoint names: checkpoint-{step} is still good.
-        message = f"Non-finite loss ({loss.item()}) at optimizer step {step + 1} (epoch {epoch})."
-        if self.mode == "error":
-            raise NonFiniteLossError(message + " The last good checkpoint is kept; "
-                                     "pass --on_nonfinite_loss skip to skip such steps.")
+            return
         self.consecutive += 1
+        message = f"Non-finite loss at optimizer step {step} (epoch {epoch})."
         if self.consecutive >= MAX_CONSECUTIVE_NONFINITE:
             raise NonFiniteLossError(f"{message} {self.consecutive} batches in a row had a non-finite "
                                      "loss: the run has diverged. The last good checkpoint is kept.")
         logger.warning(message + " Skipping this batch.", main_process_only=False)
-        return True
 
 
 def build_accelerator(args) -> Accelerator:
@@ -345,16 +331,20 @@ def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: i
     return state
 
 
-def log_entry(accelerator, loss, output, schedules: Schedules, state: dict, epoch: int, monitor: bool) -> dict:
-    """One line of `training_log.jsonl` after optimizer step `state["global_step"]`; with `monitor`, the collapse
-    statistics of the target features too."""
-    step = state["global_step"]
-    entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
-             "lr": schedules.learning_rate(step - 1), "weight_decay": schedules.weight_decay_at(step - 1),
-             "momentum": schedules.momentum(step - 1), "images_seen": state["images_seen"],
-             "skipped_examples": state["num_skipped"]}
+def last_checkpoint_name(output_dir: Path) -> str | None:
+    checkpoint = latest_checkpoint(output_dir)
+    return str(checkpoint) if checkpoint is not None else None
+
+
+def log_entry(accelerator, result, state: dict, epoch: int, monitor: bool) -> dict:
+    """One line of `training_log.jsonl` after optimizer step `state["global_step"]`, with the learning rate, weight
+    decay and momentum that step used (`result` is its `StepResult`); with `monitor`, the collapse statistics of the
+    target features too."""
+    entry = {"step": state["global_step"], "epoch": epoch, "loss": accelerator.reduce(result.loss.detach(), "mean").item(),
+             "lr": result.lr, "weight_decay": result.weight_decay, "momentum": result.momentum,
+             "images_seen": state["images_seen"], "skipped_examples": state["num_skipped"]}
     if monitor:
-        entry |= collapse_statistics(first_targets(output.targets))
+        entry |= collapse_statistics(first_targets(result.output.targets))
     return entry
 
 
@@ -374,7 +364,7 @@ def train(args, step_callback=None):
     model = build_model(args)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    optimizer = build_optimizer(args, model)
+    optimizer = build_optimizer(model, args.learning_rate, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
     model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
     if args.torch_compile:
         model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
@@ -395,9 +385,12 @@ def train(args, step_callback=None):
     progress = tqdm(range(total_steps), initial=state["global_step"], disable=not accelerator.is_local_main_process)
     checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
     started = time.perf_counter() - state["wall_clock"]
-    nonfinite = NonFiniteLossGuard(args.on_nonfinite_loss)
+    train_step = build_step(args, accelerator, model, optimizer, schedules)
+    kept_checkpoint = functools.partial(last_checkpoint_name, output_dir)  # named when a non-finite loss stops the run
+    skipped_batches = SkippedBatches()
 
     def save(step: int) -> None:
+        train_step.raise_if_nonfinite(kept_checkpoint)  # never checkpoint non-finite weights
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state["wall_clock"] = time.perf_counter() - started
@@ -421,33 +414,23 @@ def train(args, step_callback=None):
             state["num_skipped"] += batch.pop("num_skipped", 0)
             if "context_indices" not in batch:  # every example of this batch was unreadable
                 continue
-            step = state["global_step"]
-            apply_schedules(optimizer, schedules, step)
             inputs = model_inputs(batch, args.modality)
-            with accelerator.accumulate(model):
-                output = model(**inputs)
-                loss = output.loss
-                finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all().item()
-                if nonfinite.skip_batch(loss, finite, step, epoch):
-                    optimizer.zero_grad(set_to_none=True)
-                    continue
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state["images_seen"] += len(next(iter(inputs.values()))) * accelerator.num_processes
-            if not accelerator.sync_gradients:
+            result = train_step(inputs, step=state["global_step"] + 1, epoch=epoch)
+            skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)
+            if result.skipped:
                 continue
-            unwrapped.update_target_encoder(schedules.momentum(step))
-            state["global_step"] = step = step + 1
+            state["images_seen"] += len(next(iter(inputs.values()))) * accelerator.num_processes
+            if not result.updated:
+                continue
+            state["global_step"] = step = state["global_step"] + 1
             progress.update(1)
             if step_callback is not None:
                 step_callback(accelerator, unwrapped, step)
             stopping = step >= total_steps or out_of_time(accelerator, started, args.max_train_minutes)
             monitor = step % args.monitor_steps == 0 or stopping
             if step % args.logging_steps == 0 or monitor:
-                entry = log_entry(accelerator, loss, output, schedules, state, epoch, monitor)
+                train_step.raise_if_nonfinite(kept_checkpoint)
+                entry = log_entry(accelerator, result, state, epoch, monitor)
                 state["log_history"].append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
                 accelerator.log(entry, step=step)
@@ -464,6 +447,7 @@ def train(args, step_callback=None):
             if args.checkpointing_steps == "epoch":
                 save(state["global_step"])
     progress.close()
+    train_step.raise_if_nonfinite(kept_checkpoint)
     if state["num_skipped"]:
         logger.warning(f"Skipped {state['num_skipped']} unreadable examples in total.")
 

@@ -34,7 +34,7 @@ from train_step import backward_and_update, mask_sampler, reference_style_loss  
 from transformers.models.ijepa.modeling_ijepa import IJepaLayer  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining  # noqa: E402
-from modeling_ijepa.training import parameter_groups  # noqa: E402
+from modeling_ijepa.optimization import parameter_groups  # noqa: E402
 
 MODELS = {
     "vit_h14": dict(image_size=224, patch_size=14, hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,

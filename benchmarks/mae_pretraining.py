@@ -36,7 +36,8 @@ from modeling_ijepa.arguments import add_image_data_arguments  # noqa: E402
 from modeling_ijepa.export import image_processor_for  # noqa: E402
 from modeling_ijepa.image_data import SkipUnreadable  # noqa: E402
 from modeling_ijepa.schedules import Schedules  # noqa: E402
-from modeling_ijepa.training import SeededExamples, apply_schedules, out_of_time, parameter_groups  # noqa: E402
+from modeling_ijepa.optimization import apply_schedules, parameter_groups  # noqa: E402
+from modeling_ijepa.training import SeededExamples, out_of_time  # noqa: E402
 from run_pretraining import build_image_dataset  # noqa: E402
 
 logger = get_logger(__name__)
@@ -158,7 +159,7 @@ def train(args: argparse.Namespace, step_callback=None):
             if "pixel_values" not in batch:  # every example of this batch was unreadable
                 continue
             step = state["global_step"]
-            apply_schedules(optimizer, schedules, step)
+            apply_schedules(optimizer, schedules, step + 1)  # optimizer steps count from 1
             loss = model(pixel_values=batch["pixel_values"]).loss
             # Decided on every process's loss, so that all processes stop together.
             if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
@@ -176,7 +177,7 @@ def train(args: argparse.Namespace, step_callback=None):
             stopping = step >= args.max_train_steps or out_of_time(accelerator, started, args.max_train_minutes)
             if step % args.logging_steps == 0 or stopping:
                 entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                         "lr": schedules.learning_rate(step - 1), "images_seen": state["images_seen"],
+                         "lr": schedules.learning_rate(step), "images_seen": state["images_seen"],
                          "seconds": time.perf_counter() - started}
                 state["log_history"].append(entry)
                 progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")

@@ -38,7 +38,7 @@ from common import (  # noqa: E402
 from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.training import parameter_groups  # noqa: E402
+from modeling_ijepa.optimization import parameter_groups  # noqa: E402
 
 SETTINGS = {
     "vit_tiny_b64": {"depth": 12, "predictor_depth": 6, "batch_size": 64},

@@ -97,7 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--momentum_schedule", choices=["linear", "cosine"], default="linear")
     optimisation.add_argument("--adam_beta1", type=float, default=0.9)
     optimisation.add_argument("--adam_beta2", type=float, default=0.999)
-    optimisation.add_argument("--max_grad_norm", type=float, default=None, help="Gradient clipping; off by default.")
+    optimisation.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's epsilon.")
+    optimisation.add_argument(
+        "--ipe_scale", type=float, default=1.0,
+        help="Stretch the learning-rate, weight-decay and momentum schedules to ipe_scale times the trained steps, so "
+             "a run stops before they reach their final values (the reference V-JEPA recipe: 1.25).",
+    )
+    optimisation.add_argument(
+        "--max_grad_norm", type=float, default=None,
+        help="Clip the context encoder's and the predictor's gradients, each to this 2-norm on its own; off by default.",
+    )
+    optimisation.add_argument(
+        "--clip_grad_after_warmup", action="store_true",
+        help="Clip (--max_grad_norm) only in the epochs after the warmup epochs (0-based epoch index > "
+             "--warmup_epochs), as the reference V-JEPA does.",
+    )
     optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     optimisation.add_argument(
         "--matmul_precision", choices=["highest", "high", "medium"], default=None,
@@ -199,6 +213,12 @@ def validate(args: argparse.Namespace) -> None:
     for name in ("ema_momentum", "final_ema_momentum"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name} must be in [0, 1], got {getattr(args, name)}.")
+    if not args.ipe_scale >= 1.0:
+        raise ValueError(f"--ipe_scale stretches the schedules and must be >= 1, got {args.ipe_scale}.")
+    if not args.adam_epsilon > 0:
+        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
+    if args.clip_grad_after_warmup and args.max_grad_norm is None:
+        raise ValueError("--clip_grad_after_warmup needs --max_grad_norm (the norm to clip to).")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

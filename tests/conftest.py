@@ -1,5 +1,6 @@
 """Shared paths and tiny configurations for the test suite."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
-OFFICIAL = SHARED / "fixtures" / "official"
+# The reference outputs; `JEPA_FIXTURES_DIR` points the fixture tests at another folder of the same format.
+OFFICIAL = Path(os.environ.get("JEPA_FIXTURES_DIR", SHARED / "fixtures" / "official"))
 CIFAR10 = SHARED / "data" / "cifar10"
 VIDEO_TINY = SHARED / "data" / "video_tiny"
 

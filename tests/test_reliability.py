@@ -41,7 +41,7 @@ from modeling_ijepa.checkpointing import (
 )
 from modeling_ijepa.convert_official import UnsafeCheckpointError, load_reference_checkpoint
 from modeling_ijepa.image_data import DecodeAndTransform, decode_image, pretraining_transform
-from modeling_ijepa.training import parameter_groups
+from modeling_ijepa.optimization import parameter_groups
 
 from .conftest import CIFAR10, REPO_ROOT, require
 from .test_run_pretraining import TINY, cifar_args, pretraining_weights

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from accelerate import Accelerator
 from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
@@ -15,7 +16,7 @@ from transformers import AutoModel, pipeline
 from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
 
 import run_pretraining
-from modeling_ijepa import IJepaForPreTraining
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining
 
 from .conftest import CIFAR10, REPO_ROOT, require
 
@@ -253,6 +254,30 @@ def test_paper_recipe_has_the_paper_numbers():
     assert (args.per_device_train_batch_size, args.num_train_epochs, args.warmup_epochs) == (128, 300, 40)
     assert (args.weight_decay, args.final_weight_decay, args.ema_momentum) == (0.04, 0.4, 0.996)
     assert (args.target_scale, args.context_scale, args.num_targets) == ((0.15, 0.2), (0.85, 1.0), 4)
+
+
+def test_vjepa_recipe_stretches_its_schedules_and_clips_after_the_warmup():
+    args = run_pretraining.parse_args(["--config", str(REPO_ROOT / "configs" / "vjepa_vitl16.yaml")])
+    assert (args.ipe_scale, args.max_grad_norm, args.clip_grad_after_warmup) == (1.25, 10.0, True)
+    schedules = run_pretraining.build_schedules(args, steps_per_epoch=300)
+    assert schedules.schedule_steps == int(1.25 * 300 * args.num_train_epochs)
+    assert schedules.learning_rate(schedules.total_steps) > args.final_lr
+
+
+def test_clipping_after_the_warmup_starts_in_the_epoch_after_it():
+    args = run_pretraining.parse_args(["--max_grad_norm", "10", "--clip_grad_after_warmup", "--warmup_epochs", "2"])
+    model = IJepaForPreTraining(IJepaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, image_size=16, patch_size=4,
+                                            predictor_hidden_size=16, predictor_num_hidden_layers=1))
+    optimizer = torch.optim.AdamW(model.parameters())
+    step = run_pretraining.build_step(args, Accelerator(cpu=True), model, optimizer,
+                                      run_pretraining.build_schedules(args, steps_per_epoch=3))
+    assert [step.clips_at(epoch) for epoch in range(5)] == [False, False, False, True, True]
+
+
+def test_clip_grad_after_warmup_needs_a_norm():
+    with pytest.raises(ValueError, match="--clip_grad_after_warmup needs --max_grad_norm"):
+        run_pretraining.parse_args(["--clip_grad_after_warmup"])
 
 
 def test_epoch_checkpointing_also_saves_the_last_epoch(tmp_path):
