@@ -1,7 +1,5 @@
 """I-JEPA configuration: transformers' encoder fields plus the predictor."""
 
-import copy
-
 from transformers import IJepaConfig as StockIJepaConfig
 from transformers import PreTrainedConfig
 
@@ -58,6 +56,44 @@ def check_vit_sizes(config) -> None:
     )
 
 
+class PredictorLayerConfig:
+    """The config that transformers' `IJepaLayer` reads for one predictor block: the predictor's width, heads and
+    depth, an MLP with the encoder's ratio to its width, and every other attribute read through from the model's
+    config.
+
+    It is a view, not a copy: the model's config stays the single source of truth for what can change after the
+    model is built. A copy would freeze the attention implementation, so that `model.set_attn_implementation(...)`
+    (which updates the model's config) would switch the encoders but leave the predictor on the old one.
+    """
+
+    def __init__(self, model_config):
+        self.model_config = model_config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model_config.predictor_hidden_size
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.model_config.predictor_num_attention_heads
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.model_config.predictor_num_hidden_layers
+
+    @property
+    def intermediate_size(self) -> int:
+        config = self.model_config
+        return config.intermediate_size * config.predictor_hidden_size // config.hidden_size
+
+    def __getattr__(self, name):
+        # Reached only for names the view does not define. `copy` and `pickle` look up methods such as
+        # `__setstate__` before they restore `model_config`: without it there is nothing to read through.
+        if name == "model_config":
+            raise AttributeError(name)
+        return getattr(self.model_config, name)
+
+
 class IJepaConfig(StockIJepaConfig):
     r"""
     Configuration of an I-JEPA model: the ViT encoder (the fields and `model_type` of transformers'
@@ -111,14 +147,10 @@ class IJepaConfig(StockIJepaConfig):
     def num_patches(self) -> int:
         return self.grid_size[0] * self.grid_size[1]
 
-    def predictor_layer_config(self) -> "IJepaConfig":
-        """A copy whose encoder-layer fields describe one predictor block (narrow width, same MLP ratio)."""
-        layer_config = copy.copy(self)
-        layer_config.hidden_size = self.predictor_hidden_size
-        layer_config.num_attention_heads = self.predictor_num_attention_heads
-        layer_config.num_hidden_layers = self.predictor_num_hidden_layers
-        layer_config.intermediate_size = self.intermediate_size * self.predictor_hidden_size // self.hidden_size
-        return layer_config
+    def predictor_layer_config(self) -> PredictorLayerConfig:
+        """What one predictor block reads as its config: the predictor's sizes, and the rest (the attention
+        implementation included) from this config, live."""
+        return PredictorLayerConfig(self)
 
     def stock_config(self) -> StockIJepaConfig:
         """The encoder part alone, as transformers' own `IJepaConfig` (what an exported encoder saves)."""

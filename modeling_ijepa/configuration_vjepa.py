@@ -1,10 +1,8 @@
 """V-JEPA configuration: the video ViT encoder (tubelet patches, 3D sin-cos positions) and the predictor."""
 
-import copy
-
 from transformers import PreTrainedConfig
 
-from .configuration_ijepa import as_pair, check_positive, check_vit_sizes
+from .configuration_ijepa import PredictorLayerConfig, as_pair, check_positive, check_vit_sizes
 
 
 class VJepaConfig(PreTrainedConfig):
@@ -112,15 +110,10 @@ class VJepaConfig(PreTrainedConfig):
         frames, rows, columns = self.grid_size
         return frames * rows * columns
 
-    def predictor_layer_config(self) -> "VJepaConfig":
-        """A copy whose encoder-layer fields describe one predictor block (narrow width, same MLP ratio), for
-        transformers' `IJepaLayer`."""
-        layer_config = copy.copy(self)
-        layer_config.hidden_size = self.predictor_hidden_size
-        layer_config.num_attention_heads = self.predictor_num_attention_heads
-        layer_config.num_hidden_layers = self.predictor_num_hidden_layers
-        layer_config.intermediate_size = self.intermediate_size * self.predictor_hidden_size // self.hidden_size
-        return layer_config
+    def predictor_layer_config(self) -> PredictorLayerConfig:
+        """What one predictor block (transformers' `IJepaLayer`) reads as its config: the predictor's sizes, and the
+        rest (the attention implementation included) from this config, live."""
+        return PredictorLayerConfig(self)
 
 
 # `save_pretrained` then copies this file into the folder and writes an `auto_map`, so the folder loads with

@@ -4,6 +4,7 @@ The encoder reuses transformers' I-JEPA layers and parameter names, so the targe
 pretraining loads in stock `transformers.IJepaModel` with no custom code.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +45,11 @@ def sincos_2d(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
     return table.float()
 
 
-def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: int, num_positions: int) -> None:
-    """Raise `ValueError` unless `indices` is an int64 tensor of `ndim` dims, batch first, in [0, num_positions)."""
+def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: int) -> None:
+    """Raise `ValueError` unless `indices` is a non-empty int64 tensor of `ndim` dims whose batch size is `batch_size`.
+
+    Reads only the type, dtype and shape, which the host knows: no value, so no wait for the device.
+    """
     if not isinstance(indices, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.LongTensor, got {type(indices).__name__}.")
     if indices.dtype != torch.long:
@@ -58,13 +62,35 @@ def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: 
         )
     if indices.numel() == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(indices.shape)}): every block needs a patch.")
-    if torch.compiler.is_compiling():
+
+
+def check_index_values(name: str, indices: torch.Tensor, grid_size: tuple[int, ...]) -> None:
+    """Check that every value of `indices` (any shape, non-empty) is a row-major position on the grid `grid_size`.
+
+    A check on the host, such as `int(indices.max())`, makes the host wait until the device has run every queued
+    kernel: the host cannot queue the next ones meanwhile and the device idles, once per check, in every training
+    step. So the comparison stays on the device and `torch._assert_async` checks its result there. On CUDA that is
+    a kernel like any other, the host does not wait, and an index off the grid fails the run with a device-side
+    assertion at the next synchronisation. On the CPU the assertion is evaluated at once (there is no device to wait
+    for) and becomes a `ValueError` that names the tensor, the grid and the values received; the values are read
+    only then, once the step has failed anyway.
+
+    The pretraining models call this once per index tensor, where the batch enters: the indexing that follows would
+    not catch every bad index by itself, as `positions[indices]` wraps negative ones.
+    """
+    num_positions = math.prod(grid_size)
+    low, high = torch.aminmax(indices)
+    in_grid = torch.logical_and(low >= 0, high < num_positions)
+    grid = "x".join(str(size) for size in grid_size)
+    message = f"`{name}` must lie in [0, {num_positions - 1}], the row-major positions on the {grid} patch grid"
+    if indices.device.type == "cuda":
+        torch._assert_async(in_grid, message)
         return
-    low, high = int(indices.min()), int(indices.max())
-    if low < 0 or high >= num_positions:
-        raise ValueError(
-            f"`{name}` must lie in [0, {num_positions - 1}] (the patch grid), got values from {low} to {high}."
-        )
+    # `torch._assert_async` has CPU and CUDA kernels only: other devices pay for one copy to the host here.
+    try:
+        torch._assert_async(in_grid.cpu(), message)
+    except RuntimeError:
+        raise ValueError(f"{message}, got values from {int(low)} to {int(high)}.") from None
 
 
 def gather_tokens(hidden_states: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -77,9 +103,13 @@ def encode_tokens(encoder, hidden_states: torch.Tensor, context_indices: torch.T
 
     hidden_states [B, N, D] (embedded tokens with positions) -> keep `context_indices` [B, Kc] if given ->
     blocks -> final LayerNorm. Returns `BaseModelOutputWithPooling` with the mean over tokens as `pooler_output`.
+
+    Only the shape of `context_indices` is checked here, not the values: the pretraining models check those once,
+    where the batch enters, and an encoder used on its own needs no check of them, as `torch.gather` rejects every
+    position off the sequence, negative ones included.
     """
     if context_indices is not None:
-        check_index_tensor("context_indices", context_indices, 2, hidden_states.shape[0], hidden_states.shape[1])
+        check_index_tensor("context_indices", context_indices, 2, hidden_states.shape[0])
         hidden_states = gather_tokens(hidden_states, context_indices)
     for layer in encoder.layers:
         hidden_states = layer(hidden_states, None, **kwargs)
@@ -322,9 +352,9 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
             target_indices (`torch.LongTensor` of shape `[B, M, Kt]`): patches of the M target blocks.
         """
         self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
-        batch_size = pixel_values.shape[0]
-        check_index_tensor("context_indices", context_indices, 2, batch_size, self.config.num_patches)
-        check_index_tensor("target_indices", target_indices, 3, batch_size, self.config.num_patches)
+        for name, indices, ndim in (("context_indices", context_indices, 2), ("target_indices", target_indices, 3)):
+            check_index_tensor(name, indices, ndim, pixel_values.shape[0])
+            check_index_values(name, indices, self.config.grid_size)
 
         targets = self.compute_targets(pixel_values, target_indices)
         context_hidden_states = self.context_encoder(pixel_values, context_indices=context_indices).last_hidden_state

@@ -26,6 +26,7 @@ from .modeling_ijepa import (
     EmaTargetEncoderMixin,
     IJepaPreTrainedModel,
     check_index_tensor,
+    check_index_values,
     encode_tokens,
     gather_tokens,
     sincos_1d,
@@ -313,9 +314,13 @@ class VJepaForPreTrainingOutput(ModelOutput):
 
 
 def check_mask_type_indices(
-    context_indices: list[torch.Tensor], target_indices: list[torch.Tensor], batch_size: int, num_positions: int
+    context_indices: list[torch.Tensor],
+    target_indices: list[torch.Tensor],
+    batch_size: int,
+    grid_size: tuple[int, int, int],
 ) -> None:
-    """Raise `ValueError` unless both are equally long lists of [B, K_i] int64 tensors within the token grid."""
+    """Raise `ValueError` unless both are equally long lists of [B, K_i] int64 tensors of positions on the token grid
+    `grid_size` (on CUDA the values are asserted on the device instead: see `check_index_values`)."""
     for name, indices in (("context_indices", context_indices), ("target_indices", target_indices)):
         if not isinstance(indices, (list, tuple)) or not indices:
             received = (
@@ -329,8 +334,9 @@ def check_mask_type_indices(
             f"`context_indices` has {len(context_indices)} mask types but `target_indices` has {len(target_indices)}."
         )
     for mask_index, (context, target) in enumerate(zip(context_indices, target_indices)):
-        check_index_tensor(f"context_indices[{mask_index}]", context, 2, batch_size, num_positions)
-        check_index_tensor(f"target_indices[{mask_index}]", target, 2, batch_size, num_positions)
+        for name, indices in ((f"context_indices[{mask_index}]", context), (f"target_indices[{mask_index}]", target)):
+            check_index_tensor(name, indices, 2, batch_size)
+            check_index_values(name, indices, grid_size)
 
 
 class VJepaForPreTraining(EmaTargetEncoderMixin, VJepaPreTrainedModel):
@@ -375,7 +381,7 @@ class VJepaForPreTraining(EmaTargetEncoderMixin, VJepaPreTrainedModel):
             channels_before_time (`bool`, defaults to `False`): the clips are `[B, C, T, H, W]`.
         """
         video = self.context_encoder.prepare_pixel_values(pixel_values_videos, channels_before_time)
-        check_mask_type_indices(context_indices, target_indices, video.shape[0], self.config.num_patches)
+        check_mask_type_indices(context_indices, target_indices, video.shape[0], self.config.grid_size)
 
         targets = self.compute_targets(video, target_indices)
         predictions, context_hidden_states = [], []

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.ijepa import modeling_ijepa as stock_modeling_ijepa
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, IJepaModel
 
@@ -12,6 +14,44 @@ def random_indices(batch_size=2, num_targets=4, context_length=20, target_length
         [torch.stack([torch.randperm(num_patches)[:target_length] for _ in range(num_targets)]) for _ in range(batch_size)]
     )
     return context, target
+
+
+def record_attention_implementations(monkeypatch) -> dict:
+    """Wrap the eager and SDPA attention functions of transformers' I-JEPA layers; the returned dict then maps each
+    attention module that runs to the implementation that computed it."""
+    used = {}
+
+    def recording(implementation, attention):
+        def recorded(module, *args, **kwargs):
+            used[module] = implementation
+            return attention(module, *args, **kwargs)
+
+        return recorded
+
+    eager = stock_modeling_ijepa.eager_attention_forward
+    monkeypatch.setattr(stock_modeling_ijepa, "eager_attention_forward", recording("eager", eager))
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", recording("sdpa", sdpa))
+    return used
+
+
+def check_set_attn_implementation_reaches_every_layer(model, run_forward, monkeypatch):
+    """Switch `model` from SDPA to eager and back; after each switch every attention layer must run the new one."""
+    attention_layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, stock_modeling_ijepa.IJepaAttention)
+    }
+    assert any(name.startswith("predictor.") for name in attention_layers)
+    used = record_attention_implementations(monkeypatch)
+    for implementation in ("eager", "sdpa"):
+        model.set_attn_implementation(implementation)
+        used.clear()
+        with torch.no_grad():
+            run_forward()
+        assert {name: used.get(module) for name, module in attention_layers.items()} == dict.fromkeys(
+            attention_layers, implementation
+        )
 
 
 @pytest.mark.parametrize(
@@ -76,6 +116,23 @@ def test_sdpa_and_eager_attention_agree(tiny_ijepa_config):
         torch.testing.assert_close(
             eager(pixel_values, context, target).predictions, sdpa(pixel_values, context, target).predictions, atol=1e-5, rtol=1e-4
         )
+
+
+def test_set_attn_implementation_reaches_every_layer(tiny_ijepa_config, monkeypatch):
+    model = IJepaForPreTraining._from_config(tiny_ijepa_config, attn_implementation="sdpa").eval()
+    pixel_values, (context, target) = torch.randn(2, 3, 32, 32), random_indices()
+    check_set_attn_implementation_reaches_every_layer(model, lambda: model(pixel_values, context, target), monkeypatch)
+
+
+def test_encoder_alone_rejects_context_indices_off_the_grid(tiny_ijepa_config):
+    """The encoder checks only the shape of `context_indices`; `torch.gather` itself rejects positions off the grid."""
+    model = IJepaModel(tiny_ijepa_config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    for bad in (64, -1):
+        context = random_indices()[0]
+        context[1, 3] = bad
+        with pytest.raises(RuntimeError, match="out of bounds"):
+            model(pixel_values, context_indices=context)
 
 
 def test_target_encoder_starts_as_copy_and_round_trips(tiny_ijepa_config, tmp_path):

@@ -16,6 +16,7 @@ from modeling_ijepa.modeling_ijepa import sincos_1d
 from modeling_ijepa.modeling_vjepa import sincos_3d
 
 from .conftest import REPO_ROOT
+from .test_modeling_ijepa import check_set_attn_implementation_reaches_every_layer
 
 # 4 frames of 16x16 in tubelets of 2 frames x 4x4 pixels: a (2, 4, 4) grid of 32 tokens.
 NUM_TOKENS = 32
@@ -302,6 +303,12 @@ def test_sdpa_and_eager_attention_agree(tiny_config):
     with torch.no_grad():
         for a, b in zip(eager(clips, context, target).predictions, sdpa(clips, context, target).predictions):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_set_attn_implementation_reaches_every_layer(tiny_config, monkeypatch):
+    model = VJepaForPreTraining._from_config(tiny_config, attn_implementation="sdpa").eval()
+    clips, (context, target) = random_clips(), random_indices()
+    check_set_attn_implementation_reaches_every_layer(model, lambda: model(clips, context, target), monkeypatch)
 
 
 FRESH_PROCESS_SCRIPT = textwrap.dedent(
