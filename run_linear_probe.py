@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Frozen-feature evaluation of an I-JEPA / V-JEPA encoder: linear probe, attentive probe (video) and kNN.
+"""Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
 
     python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \
         --output_dir outputs/probe_cifar10
@@ -15,11 +15,14 @@ the precision, so a rerun that changes none of them loads the cache (data files 
 are not detected: use a new `--output_dir`). Low-shot subsets are drawn from the cached training features.
 
 Probes: on mean-pooled features, L2-regularised logistic regression (L-BFGS to convergence, the L2 strength swept);
-on video tokens, also the V-JEPA attentive probe (AdamW, learning rate x weight decay swept). The setting is chosen
+on video tokens, also the V-JEPA attentive probe (AdamW, learning rate x weight decay swept). Video clips have the
+encoder's training length and frame size, center-cropped (V-JEPA 2: after the resize of its exported video
+processor, so that the features are those stock transformers gives). The setting is chosen
 on a stratified held-out part of the training split (never on the eval split), refit on the whole training split
 and evaluated once on the eval split; a weighted kNN runs on the same features. Results go to
 `--output_dir/probe_results.json` and, for a local model folder with a `README.md` model card (and trained weights,
-not `--random_init`), into the card's model-index.
+not `--random_init`), into the card's model-index, with how much of each split was used and, when a chosen setting
+is the lowest or highest value swept, a note saying so (the run also warns: the sweep should be widened).
 """
 
 import argparse
@@ -38,10 +41,12 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from datasets import ClassLabel, Value
 from torch.utils.data import DataLoader, Subset, default_collate
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, VJEPA2Model
 
 import modeling_ijepa  # noqa: F401  (registers the V-JEPA classes with the Auto classes)
+from modeling_ijepa.checkpointing import check_loaded_weights
 from modeling_ijepa.convert_official import convert_checkpoint
+from modeling_ijepa.export import vjepa2_resize_size
 from modeling_ijepa.image_data import (
     DIGITS_NAME,
     SkipUnreadable,
@@ -52,6 +57,7 @@ from modeling_ijepa.image_data import (
     prepare_image_dataset,
 )
 from modeling_ijepa.metrics import TopKAccuracy
+from modeling_ijepa.model_card import plural
 from modeling_ijepa.modeling_ijepa import IJepaModel
 from modeling_ijepa.modeling_vjepa import VJepaModel
 from modeling_ijepa.probing import (
@@ -72,17 +78,20 @@ from modeling_ijepa.probing import (
     train_probes,
     update_model_card,
 )
+from modeling_ijepa.training import SeededExamples
 
 logger = get_logger(__name__)
 
-# Encoder classes with fixed sin-cos positions, for `--random_init` (stock transformers' `IJepaModel` would draw
-# its position table at random instead).
-ENCODER_CLASSES = {"ijepa": IJepaModel, "vjepa": VJepaModel}
-MODALITY_OF_MODEL_TYPE = {"ijepa": "image", "vjepa": "video", "vit_mae": "image"}
+# Encoder classes for `--random_init`: ours with fixed sin-cos positions (stock transformers' `IJepaModel` would draw
+# its position table at random instead); V-JEPA 2 has no position table (RoPE), so stock `VJEPA2Model` is exact.
+ENCODER_CLASSES = {"ijepa": IJepaModel, "vjepa": VJepaModel, "vjepa2": VJEPA2Model}
+MODALITY_OF_MODEL_TYPE = {"ijepa": "image", "vjepa": "video", "vjepa2": "video", "vit_mae": "image"}
 # Encoders with a CLS token before the patch tokens: it is left out of the average over patches, and MAE's
 # random masking is switched off so that the encoder sees every patch.
 PREFIX_TOKENS = {"vit_mae": 1}
 LOAD_OVERRIDES = {"vit_mae": {"mask_ratio": 0.0}}
+# Stock `VJEPA2Model` also runs its predictor unless told not to; probes need the encoder alone.
+FORWARD_ARGUMENTS = {"vjepa2": {"skip_predictor": True}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -223,9 +232,15 @@ def load_encoder(args: argparse.Namespace) -> torch.nn.Module:
         config = AutoConfig.from_pretrained(args.model_name_or_path)
     else:
         model_type = AutoConfig.from_pretrained(args.model_name_or_path).model_type
-        encoder = AutoModel.from_pretrained(args.model_name_or_path, **LOAD_OVERRIDES.get(model_type, {}))
+        encoder, loading_info = AutoModel.from_pretrained(
+            args.model_name_or_path, output_loading_info=True, **LOAD_OVERRIDES.get(model_type, {})
+        )
         config = encoder.config
-        if any(name.endswith("ForPreTraining") for name in config.architectures or []):
+        holds_pretraining = any(name.endswith("ForPreTraining") for name in config.architectures or [])
+        # Every encoder tensor must be in the files (a missing one would be probed at its random initialisation);
+        # a pretraining folder also holds the other networks, which are left unloaded.
+        check_loaded_weights(encoder, loading_info, args.model_name_or_path, tolerate_unexpected=holds_pretraining)
+        if holds_pretraining:
             logger.info(
                 f"{args.model_name_or_path} holds a pretraining model: probing its target encoder (the context "
                 "encoder and predictor weights are left unloaded)."
@@ -335,6 +350,7 @@ def load_image_splits(args: argparse.Namespace, image_size: int) -> dict:
         dataset = prepare_image_dataset(dataset, image_column, transform, keep_columns=(label_column,))
         splits[role] = {
             "split": split,
+            "num_available": num_rows,
             "dataset": dataset,
             "collate_fn": collate,
             "identity": source | {"split": split, "num_rows": num_rows, "selection": selection, "classes": class_names},
@@ -354,18 +370,29 @@ def load_image_splits(args: argparse.Namespace, image_size: int) -> dict:
     }
 
 
+def evaluation_clips(config) -> tuple[int, int, int]:
+    """`(frames per clip, frame size, short side before the center crop)` of a video encoder's evaluation clips: the
+    training clip length and frame size. V-JEPA 2 (`crop_size`, `frames_per_clip`) resizes as its exported video
+    processor does, for the features stock users get (`vjepa2_resize_size`); V-JEPA resizes to the frame size."""
+    if config.model_type == "vjepa2":
+        return config.frames_per_clip, config.crop_size, vjepa2_resize_size(config.crop_size)
+    return config.num_frames, config.image_size, config.image_size
+
+
 def load_video_splits(args: argparse.Namespace, config) -> dict:
-    """Clips of the class folders `--train_dir` and `--validation_dir`: one clip per video (`config.num_frames`
-    frames, `--frame_step` apart, at a seeded start), resized and center-cropped to `config.image_size`."""
+    """Clips of the class folders `--train_dir` and `--validation_dir`: one clip per video (the training clip
+    length, frames `--frame_step` apart, at a start seeded by `--seed` and the video's index), resized and
+    center-cropped to the training frame size (`evaluation_clips`)."""
     from modeling_ijepa.video_data import VideoClipDataset, VideoClipTransform
 
-    transform = VideoClipTransform(config.image_size, train=False)
+    num_frames, frame_size, resize_size = evaluation_clips(config)
+    transform = VideoClipTransform(frame_size, train=False, resize_size=resize_size)
     splits, class_names = {}, None
     for role, folder, max_examples in (
         ("train", args.train_dir, args.max_train_samples),
         ("eval", args.validation_dir, args.max_eval_samples),
     ):
-        dataset = VideoClipDataset.from_folder(folder, config.num_frames, args.frame_step, transform, seed=args.seed)
+        dataset = VideoClipDataset.from_folder(folder, num_frames, args.frame_step, transform)
         if dataset.class_names is None:
             raise ValueError(f"{folder} holds videos directly; put them in one sub-folder per class.")
         if class_names is None:
@@ -379,9 +406,10 @@ def load_video_splits(args: argparse.Namespace, config) -> dict:
                 )
             dataset.labels = [class_names.index(dataset.class_names[label]) for label in dataset.labels]
         num_videos, num_unusable = len(dataset), dataset.num_skipped
-        dataset, selection = select(dataset, max_examples, args.seed)
+        dataset, selection = select(SeededExamples(dataset, args.seed), max_examples, args.seed)
         splits[role] = {
             "split": Path(folder).name,
+            "num_available": num_videos + num_unusable,
             "dataset": dataset,
             "collate_fn": default_collate,
             "num_unusable": num_unusable,
@@ -389,7 +417,7 @@ def load_video_splits(args: argparse.Namespace, config) -> dict:
                 "folder": str(Path(folder).resolve()),
                 "num_videos": num_videos,
                 "selection": selection,
-                "num_frames": config.num_frames,
+                "num_frames": num_frames,
                 "frame_step": args.frame_step,
                 "clip_seed": args.seed,
                 "classes": class_names,
@@ -439,6 +467,7 @@ def split_features(role: str, split: dict, data: dict, encoder, args, accelerato
             accelerator,
             description=f"Extracting {role} features ({split['split']})",
             skip_tokens=PREFIX_TOKENS.get(encoder.config.model_type, 0),
+            forward_arguments=FORWARD_ARGUMENTS.get(encoder.config.model_type),
         )
 
     features, was_cached = cached_features(path, extract)
@@ -501,9 +530,14 @@ def run_probes(train: dict, evaluation: dict, num_classes: int, args, device) ->
         results[f"{name}_probe"] = {
             "sweep": outcome.table,
             "chosen": outcome.chosen,
+            "at_sweep_edge": outcome.at_edge,
             "num_fit": outcome.num_fit,
             "num_validation": outcome.num_validation,
         }
+        for hyperparameter, note in sweep_edge_notes(results[f"{name}_probe"]).items():
+            logger.warning(
+                f"The {name} probe's {note}: the best value may lie beyond the sweep; widen --{name}_{hyperparameter}s."
+            )
     with timed(timings, "knn_s"):
         scores = knn_scores(train_pooled, train_labels, eval_pooled, num_classes, args.knn_k, args.knn_temperature)
     accuracy = top_k_accuracy(scores, eval_labels)
@@ -515,6 +549,25 @@ def run_probes(train: dict, evaluation: dict, num_classes: int, args, device) ->
 # ----------------------------------------------------------------------------------------------------------------
 # Reporting
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def split_description(split: str, num_used: int, num_available: int, unit: str) -> str:
+    """What a probe saw of a split: "test split, 2,000 of 10,000 images", or "test split, 10,000 images" for all."""
+    if num_used == num_available:
+        return f"{split} split, {plural(num_used, unit)}"
+    return f"{split} split, {num_used:,} of {plural(num_available, unit)}"
+
+
+def sweep_edge_notes(details: dict) -> dict[str, str]:
+    """hyperparameter -> "chosen weight_decay 0.0001 is the lowest value swept (0.0001 to 0.01)", for each one
+    that a probe (`details`: its entry in the results) chose at the edge of its sweep."""
+    notes = {}
+    for name, edge in details["at_sweep_edge"].items():
+        swept = [row[name] for row in details["sweep"]]
+        notes[name] = (
+            f"chosen {name} {details['chosen'][name]:g} is the {edge} value swept ({min(swept):g} to {max(swept):g})"
+        )
+    return notes
 
 
 def probe_training_description(args) -> dict:
@@ -541,14 +594,21 @@ def low_shot_description(args) -> str:
 
 def card_metrics(results: dict, args) -> list[CardMetric]:
     suffix = low_shot_description(args)
-    probe_args = {"feature_layers": args.feature_layers}
+    probe_args = {"feature_layers": args.feature_layers, "training_data": results["train_data"]}
     if args.samples_per_class is not None:
         probe_args["samples_per_class"] = args.samples_per_class
     if args.label_fraction is not None:
         probe_args["label_fraction"] = args.label_fraction
-    metrics = [CardMetric(f"Linear probe top-1 accuracy{suffix}", results["linear_top1"], probe_args)]
+
+    def swept_probe_args(probe: str) -> dict:
+        details = results[f"{probe}_probe"]
+        notes = sweep_edge_notes(details)
+        return probe_args | details["chosen"] | ({"at_sweep_edge": "; ".join(notes.values())} if notes else {})
+
+    metrics = [CardMetric(f"Linear probe top-1 accuracy{suffix}", results["linear_top1"], swept_probe_args("linear"))]
     if "attentive_top1" in results:
-        metrics.append(CardMetric(f"Attentive probe top-1 accuracy{suffix}", results["attentive_top1"], probe_args))
+        attentive_args = swept_probe_args("attentive")
+        metrics.append(CardMetric(f"Attentive probe top-1 accuracy{suffix}", results["attentive_top1"], attentive_args))
     knn_args = probe_args | {"k": args.knn_k, "temperature": args.knn_temperature}
     metrics.append(CardMetric(f"kNN top-1 accuracy (k={args.knn_k}){suffix}", results["knn_top1"], knn_args))
     return metrics
@@ -566,7 +626,8 @@ def maybe_update_model_card(results: dict, data: dict, args) -> Path | None:
         card_metrics(results, args),
         task_type=f"{args.modality}-classification",
         dataset_type=dataset_type,
-        dataset_name=dataset_type,
+        # The pretty name says how much of the split was evaluated; `dataset_split` stays a loadable split name.
+        dataset_name=f"{dataset_type} ({results['eval_data']})",
         dataset_config=args.dataset_config_name,
         dataset_split=results["eval_split"],
     )
@@ -578,15 +639,10 @@ def log_summary(results: dict) -> None:
     def percent(value):
         return "n/a" if value is None else f"{100 * value:.2f}%"
 
-    sizes = results["sizes"]
-    low_shot = f" of {sizes['train_extracted']}" if sizes["train_used"] != sizes["train_extracted"] else ""
     lines = [
         "***** Probe results *****",
         f"  model          {results['model_name_or_path']}{' (random init)' if results['random_init'] else ''}",
-        (
-            f"  data           {results['dataset']['name']}: train {sizes['train_used']}{low_shot} "
-            f"({results['train_split']}), eval {sizes['eval']} ({results['eval_split']})"
-        ),
+        f"  data           {results['dataset']['name']}: train {results['train_data']}; eval {results['eval_data']}",
         f"  features       {results['features']['description']}, dim {results['features']['dim']}",
     ]
     for probe in ("linear", "attentive"):
@@ -604,6 +660,7 @@ def log_summary(results: dict) -> None:
         chosen = ", ".join(f"{name} {value:g}" for name, value in details["chosen"].items())
         accuracies = f"top-1 {percent(results[f'{probe}_top1'])}  top-5 {percent(results[f'{probe}_top5'])}"
         lines.append(f"  {probe:<14} {accuracies}  ({chosen})")
+        lines += [f"  {'':<14} {note}: the sweep should be widened" for note in sweep_edge_notes(details).values()]
     knn = f"kNN (k={results['knn']['k']})"
     lines.append(f"  {knn:<14} top-1 {percent(results['knn_top1'])}  top-5 {percent(results['knn_top5'])}")
     logger.info("\n".join(lines))
@@ -644,6 +701,12 @@ def main(argv=None) -> dict:
     results = run_probes(train, features["eval"], len(class_names), args, accelerator.device)
     timings |= results.pop("timings")
 
+    unit = "image" if args.modality == "image" else "video"
+    train_split, eval_split = data["splits"]["train"], data["splits"]["eval"]
+    train_data = split_description(train_split["split"], len(train["labels"]), train_split["num_available"], unit)
+    eval_data = split_description(
+        eval_split["split"], len(features["eval"]["labels"]), eval_split["num_available"], unit
+    )
     layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
     pooling = "mean over tokens" if args.modality == "image" else "all tokens (mean over tokens for linear and kNN)"
     results = {
@@ -653,6 +716,8 @@ def main(argv=None) -> dict:
         "dataset": data["description"],
         "train_split": data["splits"]["train"]["split"],
         "eval_split": data["splits"]["eval"]["split"],
+        "train_data": train_data,
+        "eval_data": eval_data,
         "num_classes": len(class_names),
         "class_names": class_names,
         "sizes": {

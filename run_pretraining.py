@@ -9,6 +9,7 @@ download. At the end `--output_dir` holds the target encoder in transformers' fo
 `pretraining/`, the training curves and a model card; `--push_to_hub` uploads it.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -23,11 +24,29 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import PreTrainedConfig
 
-from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from modeling_ijepa import (
+    IJepaConfig,
+    IJepaForPreTraining,
+    MultiBlock3DMaskCollator,
+    MultiBlockMaskCollator,
+    VJepa2Config,
+    VJepa2ForPreTraining,
+    VJepaConfig,
+    VJepaForPreTraining,
+)
 from modeling_ijepa.arguments import parse_args
-from modeling_ijepa.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from modeling_ijepa.export import save_encoder_for_transformers
+from modeling_ijepa.checkpointing import (
+    check_finite_state,
+    check_loaded_weights,
+    data_fingerprint,
+    latest_checkpoint,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
+from modeling_ijepa.export import export_vjepa2, save_encoder_for_transformers
 from modeling_ijepa.image_data import (
     SkipUnreadable,
     find_image_column,
@@ -38,14 +57,36 @@ from modeling_ijepa.image_data import (
 from modeling_ijepa.model_card import plot_training_curves, write_model_card
 from modeling_ijepa.optimization import NonFiniteLossError, PretrainingStep, build_optimizer
 from modeling_ijepa.schedules import Schedules
-from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples, collapse_statistics, out_of_time
+from modeling_ijepa.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler
+from modeling_ijepa.training import (
+    GlobalBatchMaskCollate,
+    SeededExamples,
+    check_data_was_usable,
+    check_skip_fraction,
+    collapse_statistics,
+    mixed_precision_in_use,
+    out_of_time,
+)
 
 logger = get_logger(__name__)
 MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "jepa_pretraining.md"
+VJEPA2_CARD_NOTE = MODEL_CARD_TEMPLATE.with_name("vjepa2_note.md")
 
 
 # With --on_nonfinite_loss skip, this many skipped batches in a row mean the run has diverged: stop it.
 MAX_CONSECUTIVE_NONFINITE = 10
+
+# Settings besides the model, data, batch, seed and schedules that change what a step computes: a resumed run must
+# keep them (they go into the run fingerprint that every checkpoint stores).
+TRAJECTORY_ARGUMENTS = (
+    "modality", "crop_scale", "num_frames", "frame_step", "num_targets", "target_scale", "target_aspect_ratio",
+    "context_scale", "min_context_patches", "allow_overlap", "full_range_placement", "random_subset", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "clip_grad_after_warmup", "gradient_accumulation_steps",
+)
+
+# What a run holds until it ends: the lock on --output_dir and the preemption signal handlers. `main` releases them;
+# a process that ends otherwise releases them by ending.
+RUN_RESOURCES = contextlib.ExitStack()
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -73,7 +114,7 @@ def build_video_dataset(args):
         raise ValueError("--modality video needs --train_dir (a folder of videos) or --dataset_name with a video column.")
     if args.train_dir is not None:
         dataset = VideoClipDataset.from_folder(
-            args.train_dir, num_frames=args.num_frames, frame_step=args.frame_step, transform=transform, seed=args.seed
+            args.train_dir, num_frames=args.num_frames, frame_step=args.frame_step, transform=transform
         )
     else:
         from datasets import load_dataset
@@ -81,10 +122,13 @@ def build_video_dataset(args):
         split = load_dataset(args.dataset_name, args.dataset_config_name, split=args.train_split, cache_dir=args.cache_dir)
         dataset = VideoClipDataset.from_hf_dataset(
             split, video_column=args.video_column_name or "video", num_frames=args.num_frames,
-            frame_step=args.frame_step, transform=transform, seed=args.seed,
+            frame_step=args.frame_step, transform=transform,
         )
     if dataset.num_skipped:
         logger.warning(f"Skipped {dataset.num_skipped} unusable videos: { {k: len(v) for k, v in dataset.skipped.items()} }")
+        check_skip_fraction(
+            dataset.num_skipped, len(dataset) + dataset.num_skipped, args.max_skip_fraction, "videos found"
+        )
     if args.max_train_samples is not None and args.max_train_samples < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(args.max_train_samples))
     return dataset, args.train_dir or args.dataset_name
@@ -134,25 +178,135 @@ def build_dataloader(args, accelerator):
 # ---------------------------------------------------------------------------------------------- model
 
 
-def build_model(args):
-    if args.modality == "video":
-        from modeling_ijepa import VJepaConfig, VJepaForPreTraining
+# (config class, pretraining class) of each model type the script trains.
+PRETRAINING_CLASSES = {
+    "ijepa": (IJepaConfig, IJepaForPreTraining),
+    "vjepa": (VJepaConfig, VJepaForPreTraining),
+    "vjepa2": (VJepa2Config, VJepa2ForPreTraining),
+}
+# The method and paper of each model type, as the model card names them.
+METHODS = {
+    "ijepa": ("I-JEPA", "Assran et al., CVPR 2023"),
+    "vjepa": ("V-JEPA", "Bardes et al., 2024"),
+    "vjepa2": ("V-JEPA 2", "Assran et al., 2025"),
+}
+MODEL_TYPE_FLAGS = {
+    "ijepa": "--modality image", "vjepa": "--modality video --architecture vjepa",
+    "vjepa2": "--modality video --architecture vjepa2",
+}
+# The size arguments, which I-JEPA and V-JEPA configs name as the script does (and `intermediate_size` for
+# --mlp_ratio); V-JEPA 2 keeps the field names of transformers' own `vjepa2` config.
+SIZE_ARGUMENTS = (
+    "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "predictor_hidden_size",
+    "predictor_num_hidden_layers", "predictor_num_attention_heads",
+)
+VJEPA2_FIELDS = {
+    "image_size": "crop_size", "num_frames": "frames_per_clip", "patch_size": "patch_size",
+    "tubelet_size": "tubelet_size", "hidden_size": "hidden_size", "num_hidden_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads", "mlp_ratio": "mlp_ratio",
+    "predictor_hidden_size": "pred_hidden_size", "predictor_num_hidden_layers": "pred_num_hidden_layers",
+    "predictor_num_attention_heads": "pred_num_attention_heads",
+}
 
-        model_class, config_class, extra = VJepaForPreTraining, VJepaConfig, {
+
+def model_type_of(args) -> str:
+    """The model type a run trains: `ijepa` for images; for video `vjepa` or `vjepa2`, as --architecture says."""
+    return "ijepa" if args.modality == "image" else args.architecture
+
+
+def build_model(args):
+    """A new pretraining model with the size arguments, or the one saved at --model_name_or_path."""
+    if args.model_name_or_path:
+        return load_pretraining_model(args)
+    model_type = model_type_of(args)
+    config_class, model_class = PRETRAINING_CLASSES[model_type]
+    if model_type == "vjepa2":
+        fields = {field: getattr(args, name) for name, field in VJEPA2_FIELDS.items()}
+        # As in the reference, the predictor has as many heads as the encoder unless told otherwise.
+        fields["pred_num_attention_heads"] = args.predictor_num_attention_heads or args.num_attention_heads
+        config = VJepa2Config(**fields)
+    else:
+        extra = {} if model_type == "ijepa" else {
             "num_frames": args.num_frames, "tubelet_size": args.tubelet_size, "uniform_power": args.uniform_power,
         }
-    else:
-        model_class, config_class, extra = IJepaForPreTraining, IJepaConfig, {}
-    if args.model_name_or_path:
-        return model_class.from_pretrained(args.model_name_or_path, attn_implementation=args.attn_implementation)
-    config = config_class(
-        image_size=args.image_size, patch_size=args.patch_size, hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-        intermediate_size=int(args.hidden_size * args.mlp_ratio), predictor_hidden_size=args.predictor_hidden_size,
-        predictor_num_hidden_layers=args.predictor_num_hidden_layers,
-        predictor_num_attention_heads=args.predictor_num_attention_heads, **extra,
-    )
+        config = config_class(
+            image_size=args.image_size, patch_size=args.patch_size, hidden_size=args.hidden_size,
+            num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
+            intermediate_size=int(args.hidden_size * args.mlp_ratio), predictor_hidden_size=args.predictor_hidden_size,
+            predictor_num_hidden_layers=args.predictor_num_hidden_layers,
+            predictor_num_attention_heads=args.predictor_num_attention_heads, **extra,
+        )
     return model_class._from_config(config, attn_implementation=args.attn_implementation)
+
+
+def pretraining_source(model_name_or_path: str) -> str:
+    """`model_name_or_path`, or its `pretraining/` sub-folder where it has one: a run's --output_dir (the exported
+    encoder at its top) and a converter's output (the export in `encoder/`) keep the pretraining model there."""
+    nested = Path(model_name_or_path) / "pretraining"
+    return str(nested) if (nested / "config.json").is_file() else model_name_or_path
+
+
+def load_pretraining_model(args):
+    """The pretraining model saved at --model_name_or_path (see `pretraining_source`), to continue pretraining it:
+    context encoder, predictor and target encoder, every tensor present and finite.
+
+    Its sizes replace the size arguments, so that the model card and the saved hyperparameters describe it. The
+    data and the masks are built from --image_size, --patch_size, --num_frames and --tubelet_size before the model,
+    so it must have been trained with them; V-JEPA 2 alone takes the run's frame size and clip length (RoPE reads
+    positions off the token grid, with no table of a fixed size: its reference cool-down continues a 16-frame
+    model on 64 frames)."""
+    model_type = model_type_of(args)
+    source = pretraining_source(args.model_name_or_path)
+    saved = PreTrainedConfig.get_config_dict(source)[0]
+    saved_type, architectures = saved.get("model_type"), saved.get("architectures") or []
+    if saved_type != model_type:
+        flags = MODEL_TYPE_FLAGS.get(saved_type)
+        raise ValueError(
+            f"--model_name_or_path {source} holds a model of type `{saved_type}`, but this run trains "
+            f"{METHODS[model_type][0]} (`{model_type}`; {MODEL_TYPE_FLAGS[model_type]})"
+            + (f": to continue it, pass {flags}." if flags else ".")
+        )
+    if not any(name.endswith("ForPreTraining") for name in architectures):
+        raise ValueError(
+            f"--model_name_or_path {source} holds {architectures or 'a model'} without its predictor and context "
+            "encoder: continuing pretraining needs the pretraining model, the `pretraining/` folder beside an export."
+        )
+    model_class = PRETRAINING_CLASSES[model_type][1]
+    geometry = {"crop_size": args.image_size, "frames_per_clip": args.num_frames} if model_type == "vjepa2" else {}
+    model, loading_info = model_class.from_pretrained(
+        source, output_loading_info=True, attn_implementation=args.attn_implementation, **geometry
+    )
+    check_loaded_weights(model, loading_info, source)
+    if model_type == "vjepa2":
+        model.config.check_sizes()
+    adopt_saved_sizes(args, model.config, model_type, source)
+    return model
+
+
+def adopt_saved_sizes(args, config, model_type: str, source: str) -> None:
+    """Set the size arguments to those of a loaded model's `config`, logging each change; refuse a model whose token
+    grid differs from the one the data and masks are built on."""
+    if model_type == "vjepa2":
+        saved = {name: getattr(config, field) for name, field in VJEPA2_FIELDS.items()}
+        grid = ("patch_size", "tubelet_size")
+    else:
+        names = [*SIZE_ARGUMENTS, *(("num_frames", "tubelet_size") if model_type == "vjepa" else ())]
+        saved = {name: getattr(config, name) for name in names}
+        saved["mlp_ratio"] = config.intermediate_size / config.hidden_size
+        grid = ("image_size", "patch_size", "num_frames", "tubelet_size")
+    changes = []
+    for name, value in saved.items():
+        if getattr(args, name) == value:
+            continue
+        if name in grid:
+            raise ValueError(
+                f"{source} was trained with {name} {value}, but this run builds its data and masks with --{name} "
+                f"{getattr(args, name)}: pass --{name} {value}."
+            )
+        changes.append(f"--{name} {value} (was {getattr(args, name)})")
+        setattr(args, name, value)
+    if changes:
+        logger.info(f"Sizes of {source}: {', '.join(changes)}.")
 
 
 def build_schedules(args, steps_per_epoch: int) -> Schedules:
@@ -194,9 +348,12 @@ def export_final_model(accelerator, model, args, log_history, card_values, card_
     and the model card; then push to the Hub if asked."""
     output_dir = Path(args.output_dir)
     unwrapped = accelerator.unwrap_model(model)
+    check_finite_state(unwrapped, None, output_dir / "pretraining")
     unwrapped.save_pretrained(output_dir / "pretraining")
     if args.modality == "image":
         save_encoder_for_transformers(unwrapped.export_encoder(), output_dir)
+    elif args.architecture == "vjepa2":
+        export_vjepa2(unwrapped, output_dir)
     else:
         unwrapped.export_encoder().save_pretrained(output_dir)
     with open(output_dir / "training_log.jsonl", "w") as file:
@@ -210,19 +367,23 @@ def export_final_model(accelerator, model, args, log_history, card_values, card_
         repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
         api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, commit_message="Upload pretrained JEPA encoder",
-            ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**"],
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**", LOCK_FILE],
         )
         logger.info(f"Pushed {output_dir} to https://huggingface.co/{repo_id}")
 
 
 def card_contents(args, accelerator, state, num_examples, description, global_batch, schedules, wall_clock):
     image = args.modality == "image"
+    model_type = model_type_of(args)
+    # I-JEPA and V-JEPA 2 export in an architecture that transformers ships; V-JEPA needs our remote code.
+    stock_loadable = model_type in ("ijepa", "vjepa2")
+    method, paper = METHODS[model_type]
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     card_data = {
-        "library_name": "transformers" if image else "modeling_ijepa",
+        "library_name": "transformers" if stock_loadable else "modeling_ijepa",
         "pipeline_tag": "image-feature-extraction" if image else "video-classification",
         "license": "apache-2.0",
-        "tags": ["ijepa" if image else "vjepa", "jepa", "self-supervised-learning", "vision", "modeling_ijepa"],
+        "tags": [model_type, "jepa", "self-supervised-learning", "vision", "modeling_ijepa"],
     }
     if args.dataset_name and not Path(args.dataset_name).exists():
         card_data["datasets"] = [args.dataset_name]
@@ -231,15 +392,19 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
     values = {
         "model_name": Path(args.hub_model_id or args.output_dir).name,
         "repo_id": args.hub_model_id or args.output_dir,
-        "architecture": f"ViT (width {args.hidden_size}, depth {args.num_hidden_layers})",
-        "method": "I-JEPA" if image else "V-JEPA",
-        "paper": "Assran et al., CVPR 2023" if image else "Bardes et al., 2024",
-        "stock_loadable": image,
+        # The template spells out the size once, in the encoder row.
+        "architecture": "ViT",
+        "method": method,
+        "paper": paper,
+        "model_type": model_type,
+        "stock_loadable": stock_loadable,
+        # How stock `VJEPA2Model`'s predictor differs from training, for its users.
+        "stock_note": VJEPA2_CARD_NOTE.read_text() if model_type == "vjepa2" else "",
         "dataset_description": description,
         "num_examples": num_examples,
         "global_step": state["global_step"],
         "images_seen": state["images_seen"],
-        "unit": "images" if image else "clips",
+        "unit": "image" if image else "clip",
         "epochs": f"{state['global_step'] * args.gradient_accumulation_steps / max(1, state['batches_per_epoch']):.2f}",
         "global_batch_size": global_batch,
         "num_processes": accelerator.num_processes,
@@ -254,13 +419,13 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
         "predictor_hidden_size": args.predictor_hidden_size,
         "predictor_layers": args.predictor_num_hidden_layers,
         "masking": (
-            f"{args.num_targets} target blocks, scale {tuple(args.target_scale)}, aspect {tuple(args.target_aspect_ratio)}; "
+            f"target blocks: {args.num_targets}, scale {tuple(args.target_scale)}, aspect {tuple(args.target_aspect_ratio)}; "
             f"context scale {tuple(args.context_scale)}" if image else "V-JEPA multi-block 3D: 8 short-range + 2 long-range blocks"
         ),
         "start_lr": args.start_lr, "lr": args.learning_rate, "final_lr": args.final_lr,
         "warmup_steps": schedules.warmup_steps, "wd": args.weight_decay, "final_wd": args.final_weight_decay,
         "ema": args.ema_momentum, "final_ema": args.final_ema_momentum, "momentum_schedule": args.momentum_schedule,
-        "precision": accelerator.mixed_precision
+        "precision": mixed_precision_in_use(accelerator)
         + (f", float32 matmul precision {args.matmul_precision}" if args.matmul_precision else ""),
         "final_loss": f"{losses[-1]:.4f}" if losses else "n/a",
         "wall_clock": f"{wall_clock / 60:.1f} min",
@@ -303,6 +468,9 @@ def build_accelerator(args) -> Accelerator:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logger.info(accelerator.state, main_process_only=False)
+    if mixed_precision_in_use(accelerator) != accelerator.mixed_precision:
+        logger.warning(f"--mixed_precision {accelerator.mixed_precision} is not supported on {accelerator.device.type}: "
+                       "training in float32 (the model card says so).")
     return accelerator
 
 
@@ -312,20 +480,23 @@ def prepare_output_dir(args, accelerator) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(output_dir, os.W_OK):
             raise PermissionError(f"--output_dir {output_dir} is not writable.")
+        RUN_RESOURCES.enter_context(OutputDirLock(output_dir))
     return output_dir
 
 
-def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: int) -> dict:
-    """The run's counters and log: fresh, or read from `--resume_from_checkpoint` (a folder or `latest`)."""
+def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: int, run: dict) -> dict:
+    """The run's counters, log and fingerprint `run`: fresh, or read from `--resume_from_checkpoint` (a folder or
+    `latest`), which must have been written by the same run (see `checkpointing.check_resume`)."""
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
-             "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0}
+             "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0, "run": run}
     checkpoint = args.resume_from_checkpoint
     if checkpoint == "latest":
         checkpoint = latest_checkpoint(output_dir)
         if checkpoint is None:
             logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
     if checkpoint:
-        state = load_checkpoint(checkpoint, model, optimizer)
+        state = load_checkpoint(checkpoint, model, optimizer, run, allow_run_changes=args.allow_changed_run)
+        state["run"] = run
         logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
                     f"batch {state['batches_in_epoch']}).")
     return state
@@ -377,7 +548,11 @@ def train(args, step_callback=None):
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     if args.report_to:
         accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
-    state = initial_state(args, output_dir, unwrapped, optimizer, batches_per_epoch)
+    data = data_fingerprint(examples.dataset, description, args.train_split)
+    run = run_fingerprint(unwrapped.config, data, global_batch, batches_per_epoch, args.seed, schedules,
+                          {name: getattr(args, name) for name in TRAJECTORY_ARGUMENTS})
+    state = initial_state(args, output_dir, unwrapped, optimizer, batches_per_epoch, run)
+    preemption = RUN_RESOURCES.enter_context(PreemptionHandler())
 
     logger.info(f"***** Pretraining ({args.modality}) *****")
     logger.info(f"  Examples = {len(examples)}, epochs = {num_epochs}, optimizer steps = {total_steps}")
@@ -391,6 +566,8 @@ def train(args, step_callback=None):
 
     def save(step: int) -> None:
         train_step.raise_if_nonfinite(kept_checkpoint)  # never checkpoint non-finite weights
+        if not accelerator.is_main_process:  # the main process checks in save_checkpoint; all stop together
+            check_finite_state(unwrapped, optimizer, output_dir / f"checkpoint-{step}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             state["wall_clock"] = time.perf_counter() - started
@@ -400,7 +577,8 @@ def train(args, step_callback=None):
 
     model.train()
     for epoch in range(state["epoch"], num_epochs):
-        if state["global_step"] >= total_steps or out_of_time(accelerator, started, args.max_train_minutes):
+        if state["global_step"] >= total_steps or out_of_time(accelerator, started, args.max_train_minutes) \
+                or preemption.stopped:
             break
         # A resumed epoch starts after the batches its checkpoint had seen, with the same data and mask draws.
         skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
@@ -437,9 +615,10 @@ def train(args, step_callback=None):
             saved = checkpoint_every is not None and step % checkpoint_every == 0
             if saved:
                 save(step)
-            if stopping:
-                # The last step (or a time-limited stop) leaves a checkpoint too, when checkpoints are asked for.
-                if args.checkpointing_steps and not saved:
+            if stopping or preemption.should_stop():
+                # The last step (or a time-limited stop) leaves a checkpoint too, when checkpoints are asked for;
+                # a preempted run always does (and logs as if it went on, so that its resumed log is the same).
+                if (args.checkpointing_steps or preemption.stopped) and not saved:
                     save(step)
                 break
         else:
@@ -448,8 +627,15 @@ def train(args, step_callback=None):
                 save(state["global_step"])
     progress.close()
     train_step.raise_if_nonfinite(kept_checkpoint)
+    if preemption.stopped:
+        checkpoint = output_dir / f"checkpoint-{state['global_step']}"
+        logger.warning(f"Stopped by {preemption.received} after step {state['global_step']} and saved {checkpoint}: "
+                       f"exiting with code {PREEMPTION_EXIT_CODE}; resume with --resume_from_checkpoint latest.")
+        accelerator.end_training()
+        raise Preempted(preemption.received, checkpoint)
     if state["num_skipped"]:
         logger.warning(f"Skipped {state['num_skipped']} unreadable examples in total.")
+    check_data_was_usable(accelerator, state, args.max_skip_fraction)
 
     wall_clock = time.perf_counter() - started
     card = card_contents(args, accelerator, state, len(examples), description, global_batch, schedules, wall_clock)
@@ -461,12 +647,13 @@ def train(args, step_callback=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator, model, state, (card_values, card_data) = train(args)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        export_final_model(accelerator, model, args, state["log_history"], card_values, card_data)
-        logger.info(f"Saved the exported encoder and model card to {args.output_dir}")
-    accelerator.end_training()
+    with RUN_RESOURCES:
+        accelerator, model, state, (card_values, card_data) = train(args)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            export_final_model(accelerator, model, args, state["log_history"], card_values, card_data)
+            logger.info(f"Saved the exported encoder and model card to {args.output_dir}")
+        accelerator.end_training()
     return state
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .masking import _as_range
+from .masking import MultiBlockMaskCollator, _as_range
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--video_column_name", type=str, default=None)
     data.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
     data.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
+    data.add_argument(
+        "--max_skip_fraction", type=float, default=0.1,
+        help="Stop with an error when more than this fraction of the examples read (images) or found (videos) cannot "
+             "be decoded; 0 tolerates none, 1 any number.",
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", type=str, default=None, help="Continue from a saved pretraining model.")
+    model.add_argument(
+        "--architecture", choices=["vjepa", "vjepa2"], default="vjepa",
+        help="Video model: V-JEPA (Bardes et al., 2024; fixed sin-cos positions, exported with remote code) or "
+             "V-JEPA 2 (Assran et al., 2025; 3D RoPE, exported as transformers' own `vjepa2`, which stock "
+             "transformers loads). For V-JEPA 2, --image_size is its crop_size, --num_frames its frames_per_clip and "
+             "--predictor_* its pred_* fields.",
+    )
+    model.add_argument(
+        "--model_name_or_path", type=str, default=None,
+        help="Continue pretraining from a saved pretraining model (context encoder, predictor and target encoder): a "
+             "run's --output_dir or its pretraining/ folder, or for V-JEPA 2 the --output_dir of `python -m "
+             "modeling_ijepa.convert_vjepa2`. Its sizes replace the size arguments; --patch_size and --tubelet_size "
+             "must be those it was trained with, and so must --image_size and --num_frames except for V-JEPA 2 "
+             "(RoPE has no position table of a fixed size).",
+    )
     model.add_argument("--image_size", type=int, default=224)
     model.add_argument("--patch_size", type=int, default=16)
     model.add_argument("--tubelet_size", type=int, default=2)
@@ -126,10 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--output_dir", type=str, default="outputs/ijepa")
     output.add_argument("--checkpointing_steps", type=str, default=None, help="An integer, or 'epoch'.")
     output.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest K checkpoints.")
-    output.add_argument("--resume_from_checkpoint", type=str, default=None, help="A checkpoint folder or 'latest'.")
+    output.add_argument(
+        "--resume_from_checkpoint", type=str, default=None,
+        help="A checkpoint folder, or 'latest': the newest one in --output_dir that is complete and finite (newer "
+             "damaged ones are skipped with a warning).",
+    )
+    output.add_argument(
+        "--allow_changed_run", action="store_true",
+        help="Resume a checkpoint even though the model, data, batch size, seed, schedules or masking differ from "
+             "those it was trained with (the differences are logged). Without it such a resume is refused.",
+    )
     output.add_argument("--logging_steps", type=int, default=10)
     output.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
-    output.add_argument("--report_to", type=str, default=None, help="Trackers for Accelerate (tensorboard, wandb, all).")
+    output.add_argument(
+        "--report_to", type=str, default=None,
+        help="An Accelerate tracker (tensorboard, wandb, ...; its package must be installed), or 'all' installed ones.",
+    )
     output.add_argument("--push_to_hub", action="store_true")
     output.add_argument("--hub_model_id", type=str, default=None)
     output.add_argument("--hub_token", type=str, default=None)
@@ -182,7 +213,8 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
-    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "max_train_minutes"):
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "max_train_minutes",
+                 "max_grad_norm"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")
@@ -197,6 +229,10 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--image_size {args.image_size} is not divisible by --patch_size {args.patch_size}.")
     if args.modality == "video" and args.num_frames % args.tubelet_size:
         raise ValueError(f"--num_frames {args.num_frames} is not divisible by --tubelet_size {args.tubelet_size}.")
+    if args.modality == "image" and args.architecture != "vjepa":
+        raise ValueError(
+            f"--architecture {args.architecture} is a video model: pass --modality video (images train I-JEPA)."
+        )
     if args.hidden_size % args.num_attention_heads:
         raise ValueError(f"--hidden_size {args.hidden_size} is not divisible by --num_attention_heads {args.num_attention_heads}.")
     if args.predictor_hidden_size > args.hidden_size:
@@ -208,6 +244,20 @@ def validate(args: argparse.Namespace) -> None:
         str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0
     ):
         raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}.")
+    if not 0.0 <= args.max_skip_fraction <= 1.0:
+        raise ValueError(f"--max_skip_fraction must be in [0, 1], got {args.max_skip_fraction}.")
+    if args.dataset_name is not None and args.train_dir is not None:
+        raise ValueError(
+            f"--dataset_name {args.dataset_name} and --train_dir {args.train_dir} both name the training data: give one."
+        )
+    if args.modality == "image":
+        MultiBlockMaskCollator(
+            args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=args.target_scale,
+            target_aspect_ratio=args.target_aspect_ratio, context_scale=args.context_scale,
+            min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap,
+            full_range_placement=args.full_range_placement,
+        ).check_satisfiable()
+    check_tracker(args.report_to)
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ijepa-vit-tiny-cifar10).")
     for name in ("ema_momentum", "final_ema_momentum"):
@@ -219,6 +269,20 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
     if args.clip_grad_after_warmup and args.max_grad_norm is None:
         raise ValueError("--clip_grad_after_warmup needs --max_grad_norm (the norm to clip to).")
+
+
+def check_tracker(report_to: str | None) -> None:
+    """Refuse a `--report_to` tracker that Accelerate does not know or whose package is missing: Accelerate would
+    only log a debug message and run untracked."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    if report_to in (None, "all"):
+        return
+    if report_to not in LoggerType.list():
+        raise ValueError(f"--report_to {report_to}: not a tracker Accelerate knows; choose one of {LoggerType.list()}.")
+    if report_to not in get_available_trackers():
+        raise ValueError(f"--report_to {report_to}: its package is not installed (e.g. `pip install {report_to}`).")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,9 @@
 writes `out/pretraining/` (the full pretraining model, safetensors) and `out/encoder/` (the chosen encoder;
 for images a folder that stock transformers loads, with an image processor). Sizes that the tensors determine
 are inferred; only the head counts must be given. The checkpoint is read with
-`torch.load(weights_only=True)`, so a file that would run code when unpickled is refused.
+`torch.load(weights_only=True)`, so a file that would run code when unpickled is refused. Conversion is strict:
+the three networks must be there, every tensor finite, every tensor the model needs present and none left over;
+errors name the file.
 """
 
 import argparse
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpointing import CheckpointError, describe_names, non_finite_tensors
 from .configuration_ijepa import IJepaConfig
 from .export import save_encoder_for_transformers
 from .modeling_ijepa import IJepaForPreTraining
@@ -31,6 +34,14 @@ BLOCK_RENAMES = {
     "norm2": "layernorm_after",
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
+}
+
+
+# The networks of a reference training checkpoint (the optimizer state and counters beside them are not used).
+NETWORKS = ("encoder", "predictor", "target_encoder")
+ENCODER_TENSORS = {"pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
+PREDICTOR_TENSORS = {"predictor_pos_embed", "mask_token"} | {
+    f"predictor_{name}.{kind}" for name in ("embed", "norm", "proj") for kind in ("weight", "bias")
 }
 
 
@@ -50,9 +61,21 @@ def load_reference_checkpoint(path: str | Path) -> dict:
             f"Refusing to load {path}: it holds objects that only a full unpickle could build, and a full unpickle "
             f"can run arbitrary code. Reference checkpoints contain only tensors and numbers. ({error})"
         ) from None
-    if not isinstance(checkpoint, dict) or "encoder" not in checkpoint:
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path} is not a reference I-JEPA/V-JEPA checkpoint: no `encoder` entry (found {keys}).")
+    missing = [
+        name for name in NETWORKS if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(name), dict)
+    ]
+    if missing:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not a reference I-JEPA/V-JEPA training checkpoint: it lacks the {', '.join(missing)} state "
+            f"dict(s) (its entries are {found})."
+        )
+    for name in NETWORKS:
+        not_tensors = sorted(key for key, value in checkpoint[name].items() if not isinstance(value, torch.Tensor))
+        bad = not_tensors or non_finite_tensors(checkpoint[name])
+        if bad:
+            kind = "are not tensors" if not_tensors else "are not finite"
+            raise CheckpointError(f"{path}: {len(bad)} tensors of its `{name}` {kind} ({describe_names(bad)}).")
     return checkpoint
 
 
@@ -79,6 +102,20 @@ def convert_blocks(state_dict: dict[str, torch.Tensor], source: str, target: str
     return converted
 
 
+def check_all_known(state_dict: dict[str, torch.Tensor], fixed: set[str], blocks: str, network: str) -> None:
+    """Refuse tensors that the conversion would silently drop: all must be `fixed` ones, blocks `{blocks}.N.*` of a
+    known layer, or (predictor) mask tokens."""
+    pattern = re.compile(rf"^{re.escape(blocks)}\.\d+\.(.+)\.(weight|bias)$")
+    known_layers = set(BLOCK_RENAMES) | {"attn.qkv"}
+    unknown = sorted(
+        key for key in state_dict
+        if key not in fixed and not key.startswith("mask_tokens.")
+        and not ((match := pattern.match(key)) and match.group(1) in known_layers)
+    )
+    if unknown:
+        raise ValueError(f"its `{network}` holds tensors that the conversion does not know: {describe_names(unknown)}.")
+
+
 def count_blocks(state_dict: dict[str, torch.Tensor], source: str) -> int:
     indices = {int(match.group(1)) for key in state_dict if (match := re.match(rf"^{re.escape(source)}\.(\d+)\.", key))}
     if not indices:
@@ -88,6 +125,7 @@ def count_blocks(state_dict: dict[str, torch.Tensor], source: str) -> int:
 
 def convert_encoder(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference ViT encoder -> `IJepaModel`/`VJepaModel` parameter names."""
+    check_all_known(state_dict, ENCODER_TENSORS, "blocks", "encoder")
     converted = convert_blocks(state_dict, "blocks", "layers")
     converted["embeddings.position_embeddings"] = state_dict["pos_embed"]
     converted["embeddings.patch_embeddings.projection.weight"] = state_dict["patch_embed.proj.weight"]
@@ -99,6 +137,7 @@ def convert_encoder(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def convert_predictor(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference predictor -> `IJepaPredictor`/`VJepaPredictor` parameter names (without the `predictor.`)."""
+    check_all_known(state_dict, PREDICTOR_TENSORS, "predictor_blocks", "predictor")
     converted = convert_blocks(state_dict, "predictor_blocks", "layers")
     converted["position_embeddings"] = state_dict["predictor_pos_embed"]
     for kind in ("weight", "bias"):
@@ -163,13 +202,22 @@ def convert_checkpoint(
     num_frames: int | None = None,
     uniform_power: bool | None = None,
 ):
-    """Load and convert a reference checkpoint of either kind -> `IJepaForPreTraining` or `VJepaForPreTraining`."""
-    checkpoint = load_reference_checkpoint(path)
-    if is_video_checkpoint(checkpoint):
-        from .convert_vjepa import convert_vjepa
+    """Load and convert a reference checkpoint of either kind -> `IJepaForPreTraining` or `VJepaForPreTraining`.
 
-        return convert_vjepa(checkpoint, num_attention_heads, predictor_num_attention_heads, num_frames, uniform_power)
-    return convert_ijepa(checkpoint, num_attention_heads, predictor_num_attention_heads)
+    Raises `CheckpointError` naming `path` when a tensor the model needs is missing, or one is left over."""
+    checkpoint = load_reference_checkpoint(path)
+    try:
+        if is_video_checkpoint(checkpoint):
+            from .convert_vjepa import convert_vjepa
+
+            return convert_vjepa(
+                checkpoint, num_attention_heads, predictor_num_attention_heads, num_frames, uniform_power
+            )
+        return convert_ijepa(checkpoint, num_attention_heads, predictor_num_attention_heads)
+    except KeyError as error:
+        raise CheckpointError(f"Cannot convert {path}: it lacks the tensor {error}.") from None
+    except (ValueError, RuntimeError) as error:  # RuntimeError: the strict load of the converted tensors
+        raise CheckpointError(f"Cannot convert {path}: {error}") from None
 
 
 def write_converted(model, output_dir: str | Path, encoder: str = "target") -> None:

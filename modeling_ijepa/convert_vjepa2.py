@@ -18,11 +18,10 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import VJEPA2VideoProcessor
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .configuration_vjepa2 import VJepa2Config
 from .convert_official import count_blocks, load_reference_checkpoint, strip_prefix
+from .export import export_vjepa2, video_processor_for
 from .modeling_vjepa2 import VJepa2ForPreTraining
 
 logger = logging.getLogger(__name__)
@@ -159,28 +158,6 @@ def convert_vjepa2(
     state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor, num_mask_tokens).items()}
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
-
-
-def video_processor_for(config: VJepa2Config) -> VJEPA2VideoProcessor:
-    """Stock preprocessing for an exported model: scale to [0, 1], normalise with ImageNet statistics (as our
-    video pipeline does in training), center crop `crop_size`.
-
-    Stock `VJEPA2VideoProcessor` always resizes the short side to `int(crop_size * 256 / 224)` before the crop (the
-    V-JEPA 2 evaluation protocol); evaluation transforms must do the same to see what stock users see.
-    """
-    return VJEPA2VideoProcessor(
-        crop_size=config.crop_size, image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD)
-    )
-
-
-def export_vjepa2(model: VJepa2ForPreTraining, output_dir: str | Path) -> None:
-    """Write a folder that stock `transformers.AutoModel.from_pretrained(output_dir)` loads as `VJEPA2Model` (no
-    custom code, no missing or unexpected keys): the target encoder and the trained predictor, a stock
-    `VJEPA2Config`, and a video processor config. `AutoModelForVideoClassification` starts from it too (with a new
-    attentive pooler and classifier)."""
-    output_dir = Path(output_dir)
-    model.export_encoder().save_pretrained(output_dir)
-    video_processor_for(model.config).save_pretrained(output_dir)
 
 
 def write_converted(model: VJepa2ForPreTraining, output_dir: str | Path) -> None:

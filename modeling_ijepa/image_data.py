@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Image, Value, load_dataset
 from PIL import Image as PILImage
 from torchvision.transforms import v2
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -74,7 +74,17 @@ def find_column(dataset: Dataset, requested: str | None, feature_type: type, can
 
 
 def find_image_column(dataset: Dataset, requested: str | None = None) -> str:
-    return find_column(dataset, requested, Image, IMAGE_COLUMN_CANDIDATES, "image")
+    """The image column (see `find_column`); raises `ValueError` if it holds something else than images or image
+    files (paths, bytes), which the cast to undecoded images would fail on with an Arrow error."""
+    column = find_column(dataset, requested, Image, IMAGE_COLUMN_CANDIDATES, "image")
+    feature = dataset.features[column]
+    is_files = isinstance(feature, Value) and feature.dtype in ("string", "large_string", "binary", "large_binary")
+    if not (isinstance(feature, Image) or is_files):
+        raise ValueError(
+            f"Column `{column}` holds {feature}, not images; its columns are {list(dataset.column_names)}. Pass the "
+            "image column with --image_column_name."
+        )
+    return column
 
 
 def find_label_column(dataset: Dataset, requested: str | None = None) -> str:

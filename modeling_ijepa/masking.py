@@ -189,6 +189,23 @@ def _equal_length_indices(masks: torch.Tensor, length: int, generator: torch.Gen
     return flat_positions - torch.arange(0, num_rows * row_length, row_length)[:, None]
 
 
+def _check_output(name: str, indices: torch.Tensor, grid_size: Sequence[int]) -> torch.Tensor:
+    """Returns `indices` `[..., K]` after checking what the model relies on: int64 positions on the grid, K >= 1.
+
+    The collator runs on the CPU, where reading values costs nothing, so a bad mask fails here, where it is made,
+    rather than as a device-side assertion in the middle of the training step.
+    """
+    num_positions = math.prod(grid_size)
+    on_grid = indices.numel() > 0 and 0 <= indices.min() <= indices.max() < num_positions
+    if indices.dtype != torch.int64 or not on_grid:
+        raise ValueError(
+            f"The collator made `{name}` of shape {tuple(indices.shape)} and dtype {indices.dtype}, not int64 "
+            f"positions in [0, {num_positions - 1}] with at least one per block: check the mask settings against "
+            f"the {'x'.join(str(size) for size in grid_size)} patch grid."
+        )
+    return indices
+
+
 class _SeededMaskCollator:
     """Seeding shared by the mask collators: one generator per batch from `(seed, epoch, batch index)`.
 
@@ -355,6 +372,50 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
         # made it loop forever).
         return max(1, min(block_height, height - 1)), max(1, min(block_width, width - 1))
 
+    def largest_context(self, resolution: int = 1000) -> int:
+        """The most patches a context can keep, over every block size the collator draws and every placement.
+
+        Block sizes are `_block_shape` of a random fraction in [0, 1), evaluated here on `resolution + 1` evenly
+        spaced fractions (the sizes are piecewise constant in it). At best all target blocks coincide and sit as far
+        from the context block as the placement ranges allow, so the context loses only their smallest possible
+        overlap (none with `allow_overlap`). When the result is at most `min_context_patches`, no draw ever meets
+        the settings and every context falls back to the patches outside the targets: see `check_satisfiable`.
+        """
+        fractions = [index / resolution for index in range(resolution + 1)]
+        target_shapes = {self._block_shape(f, self.target_scale, self.target_aspect_ratio) for f in fractions}
+        context_shapes = {self._block_shape(f, self.context_scale, (1.0, 1.0)) for f in fractions}
+        reach_end = int(self.full_range_placement)
+
+        def least_overlap(length: int, first: int, second: int) -> int:
+            # Starts are drawn from [0, length - size - 1 + reach_end] (see `_random_starts`); put the blocks at
+            # opposite ends of their ranges.
+            last_first, last_second = length - first - 1 + reach_end, length - second - 1 + reach_end
+            first_at_start = max(0, min(first, last_second + second) - last_second)
+            second_at_start = max(0, min(last_first + first, second) - last_first)
+            return min(first_at_start, second_at_start)
+
+        best = 0
+        for context in context_shapes:
+            for target in target_shapes:
+                overlap = 0 if self.allow_overlap else math.prod(
+                    least_overlap(length, c, t) for length, c, t in zip(self.grid_size, context, target)
+                )
+                best = max(best, context[0] * context[1] - overlap)
+        return best
+
+    def check_satisfiable(self) -> None:
+        """Raise `ValueError`, naming the patch grid, if no draw can give a context of more than
+        `min_context_patches` patches (see `largest_context`)."""
+        largest = self.largest_context()
+        if largest <= self.min_context_patches:
+            height, width = self.grid_size
+            raise ValueError(
+                f"The masking settings cannot be met on the {height}x{width} patch grid ({height * width} patches): "
+                f"a context block of scale {self.context_scale} minus target blocks of scale {self.target_scale} "
+                f"and aspect ratio {self.target_aspect_ratio} keeps at most {largest} patches, and "
+                f"min_context_patches={self.min_context_patches} asks for more than {self.min_context_patches}."
+            )
+
     def sample_indices(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples the masks of one batch.
 
@@ -399,7 +460,10 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
         context[stuck] = allowed[stuck]
         counts[stuck] = allowed[stuck].sum(1, dtype=torch.int32)
         context_indices = _equal_length_indices(context, int(counts.min()), generator if self.random_subset else None)
-        return context_indices, target_indices
+        return (
+            _check_output("context_indices", context_indices, grid),
+            _check_output("target_indices", target_indices, grid),
+        )
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         """Collates examples and samples their masks.
@@ -583,12 +647,14 @@ class MultiBlock3DMaskCollator(_SeededMaskCollator):
         subset_generator = generator if self.random_subset else None
         num_tokens = math.prod(self.grid_size)
         context_indices, target_indices = [], []
-        for mask_type in self.mask_types:
+        for index, mask_type in enumerate(self.mask_types):
             block = self._block_shape(mask_type, fractions)
             targets, counts = self._sample_targets(generator, batch_size, mask_type.num_blocks, block)
             context_length, target_length = num_tokens - int(counts.max()), int(counts.min())
-            context_indices.append(_equal_length_indices(~targets, context_length, subset_generator))
-            target_indices.append(_equal_length_indices(targets, target_length, subset_generator))
+            context = _equal_length_indices(~targets, context_length, subset_generator)
+            target = _equal_length_indices(targets, target_length, subset_generator)
+            context_indices.append(_check_output(f"context_indices[{index}]", context, self.grid_size))
+            target_indices.append(_check_output(f"target_indices[{index}]", target, self.grid_size))
         return context_indices, target_indices
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,12 +11,24 @@ import yaml  # noqa: E402
 from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
 
 
+def plural(count: int, noun: str) -> str:
+    """`count` with thousands separators and `noun`, in the plural (+"es" after a sibilant, else +"s") unless
+    `count` is 1: "1 process", "2 processes", "10,000 images".
+
+    Every count in a card goes through this, in Python or in a card template (which `write_model_card` gives it).
+    """
+    if count == 1:
+        return f"{count:,} {noun}"
+    return f"{count:,} {noun}{'es' if noun.endswith(('s', 'x', 'z', 'ch', 'sh')) else 's'}"
+
+
 def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
     """Loss (left) and collapse monitor (right) against the optimizer step, as a PNG."""
     figure, (loss_axis, monitor_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     if losses:
-        loss_axis.plot(*zip(*losses), color="tab:blue")
+        # A line through one point draws nothing: a run that logged once gets a marker.
+        loss_axis.plot(*zip(*losses), color="tab:blue", marker="o" if len(losses) == 1 else None)
     loss_axis.set(xlabel="optimizer step", ylabel="prediction loss", title="Loss")
     loss_axis.grid(alpha=0.3)
     monitor = [(entry["step"], entry["feature_std"], entry["effective_rank"]) for entry in log_history if "effective_rank" in entry]
@@ -39,9 +51,12 @@ def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
 
 
 def write_model_card(output_dir: str | Path, template: str | Path, card_values: dict, card_data: dict) -> ModelCard:
-    """Render `template` (Jinja, with `card_data` as YAML front matter) into `output_dir/README.md`."""
+    """Render `template` (Jinja, with `card_data` as YAML front matter) into `output_dir/README.md`.
+
+    The template sees `card_values` and the function `plural`, for counts: `{{ plural(num_processes, "process") }}`.
+    """
     data = ModelCardData(**card_data)
-    values = dict(card_values)
+    values = dict(card_values, plural=plural)
     values["hyperparameters"] = yaml.safe_dump(json.loads(json.dumps(values.pop("hyperparameters"))), sort_keys=True).strip()
     card = ModelCard.from_template(data, template_path=str(template), **values)
     card.save(Path(output_dir) / "README.md")

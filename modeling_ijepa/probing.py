@@ -69,10 +69,12 @@ def extract_features(
     accelerator=None,
     description: str = "Extracting features",
     skip_tokens: int = 0,
+    forward_arguments: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the frozen `model` over `dataloader` and collect features and labels on the CPU.
 
-    The first `skip_tokens` tokens (a CLS token, for encoders that have one) are left out.
+    The first `skip_tokens` tokens (a CLS token, for encoders that have one) are left out. `forward_arguments` go to
+    every call of `model` (`{"skip_predictor": True}` runs stock `VJEPA2Model`'s encoder alone).
     Batches are dicts with `input_name` (`pixel_values` or `pixel_values_videos`), `labels`, and optionally
     `num_skipped` (unreadable examples that `image_data.SkipUnreadable` dropped together with their labels).
 
@@ -89,7 +91,9 @@ def extract_features(
             continue
         inputs = batch[input_name].to(device)
         with accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False):
-            outputs = model(**{input_name: inputs}, output_hidden_states=feature_layers > 1)
+            outputs = model(
+                **{input_name: inputs}, output_hidden_states=feature_layers > 1, **(forward_arguments or {})
+            )
         tokens = select_tokens(outputs, feature_layers)[:, skip_tokens:].float()
         features.append((tokens.mean(dim=1) if pool_tokens else tokens).cpu())
         labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
@@ -343,13 +347,27 @@ def probe_scores(probe: nn.Module, features: torch.Tensor, batch_size: int = 102
 
 @dataclass
 class SweepResult:
-    """Outcome of `sweep_and_refit`: the validation table, the chosen setting and the eval-split scores."""
+    """Outcome of `sweep_and_refit`: the validation table, the chosen setting, the eval-split scores, and
+    `at_edge`: each hyperparameter whose chosen value is the lowest or highest of the values swept (see
+    `sweep_edges`)."""
 
     table: list[dict]
     chosen: dict
     num_fit: int
     num_validation: int
     scores: torch.Tensor
+    at_edge: dict[str, str]
+
+
+def sweep_edges(settings: Sequence[dict], chosen: dict) -> dict[str, str]:
+    """The hyperparameters of `chosen` whose value is the `"lowest"` or `"highest"` of the two or more values
+    `settings` sweep, name -> edge. The best value may then lie outside the sweep, which should be widened."""
+    edges = {}
+    for name, value in chosen.items():
+        swept = sorted({setting[name] for setting in settings})
+        if len(swept) > 1 and value in (swept[0], swept[-1]):
+            edges[name] = "lowest" if value == swept[0] else "highest"
+    return edges
 
 
 def sweep_and_refit(
@@ -366,7 +384,8 @@ def sweep_and_refit(
 
     `fit_probes(features, labels, settings)` returns one trained probe per setting. Every setting is trained on
     the rest of the training features (standardised with their own statistics) and scored by top-1 accuracy on
-    the held-out part; ties go to the earlier setting. With a single setting nothing is held out.
+    the held-out part; ties go to the earlier setting. With a single setting nothing is held out (and nothing is at
+    the edge of a sweep).
     """
     settings = list(settings)
     table, chosen, num_fit, num_validation = [], settings[0], len(train_features), 0
@@ -388,7 +407,8 @@ def sweep_and_refit(
         chosen = settings[best]
     train_features, eval_features = standardise(train_features, eval_features)
     (probe,) = fit_probes(train_features, train_labels, [chosen])
-    return SweepResult(table, chosen, num_fit, num_validation, probe_scores(probe, eval_features))
+    scores = probe_scores(probe, eval_features)
+    return SweepResult(table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen))
 
 
 @torch.no_grad()
@@ -497,6 +517,7 @@ __all__ = [
     "standardise",
     "stratified_sample",
     "sweep_and_refit",
+    "sweep_edges",
     "timed",
     "train_probes",
     "update_model_card",

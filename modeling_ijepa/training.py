@@ -1,5 +1,5 @@
 """Pieces of the pretraining loop: deterministic per-example randomness, mask collation that is identical
-across process counts, AdamW parameter groups, and the collapse monitor."""
+across process counts, the collapse monitor and the wall-clock limit."""
 
 import time
 
@@ -16,15 +16,29 @@ def example_seed(seed: int, epoch: int, index: int) -> int:
 class SeededExamples(Dataset):
     """Wraps a dataset so that the random augmentation of example `i` in epoch `e` depends only on
     `(seed, e, i)`: not on the worker that loads it, the number of workers or processes, or where a resumed
-    run starts. The global torch RNG is forked, so the caller's random state is left as it was."""
+    run starts.
+
+    This is the one owner of per-example randomness. It seeds torch's global RNG with `example_seed(seed, epoch,
+    index)` around each read, and the wrapped dataset draws every random choice from that RNG and seeds nothing
+    itself: the crop of an image (`pretraining_transform`), the clip start and crop of a video
+    (`VideoClipDataset`). The RNG is forked, so the caller's random state is left as it was.
+
+    Call `set_epoch` before iterating over each epoch; it also reaches persistent DataLoader workers.
+    """
 
     def __init__(self, dataset, seed: int):
         self.dataset = dataset
         self.seed = seed
-        self.epoch = 0
+        # Shared memory: DataLoader workers hold their own copy of this object, and persistent ones keep it across
+        # epochs, so a plain attribute set in the main process would not reach them.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -71,19 +85,6 @@ class GlobalBatchMaskCollate:
         return batch
 
 
-def parameter_groups(model: torch.nn.Module) -> list[dict]:
-    """AdamW groups: weight decay on matrices and kernels; none on biases and other 1-D parameters (norms),
-    as in the I-JEPA recipe. Frozen parameters (target encoder, position tables) are left out."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
-    return [
-        {"params": decay, "apply_weight_decay": True},
-        {"params": no_decay, "weight_decay": 0.0, "apply_weight_decay": False},
-    ]
-
-
 @torch.no_grad()
 def collapse_statistics(features: torch.Tensor, max_rows: int = 2048) -> dict[str, float]:
     """Signs of representation collapse in target features [..., D].
@@ -99,18 +100,58 @@ def collapse_statistics(features: torch.Tensor, max_rows: int = 2048) -> dict[st
     return {"feature_std": features.std(dim=0).mean().item(), "effective_rank": entropy.exp().item()}
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, schedules, step: int) -> None:
-    """Set every parameter group's learning rate and weight decay for `step` (0-based) from `schedules`; groups
-    built by `parameter_groups` without weight decay keep none."""
-    for group in optimizer.param_groups:
-        group["lr"] = schedules.learning_rate(step)
-        group["weight_decay"] = schedules.weight_decay_at(step) if group["apply_weight_decay"] else 0.0
-
-
 def out_of_time(accelerator, started: float, max_minutes: float | None) -> bool:
     """Whether `max_minutes` have passed since `started` (a `time.perf_counter()` value). Every process must stop
-    at the same step, so all of them go by the slowest one's clock (a collective: call it on every process)."""
+    at the same step, so all of them go by the slowest one's clock (a collective: call it on every process).
+    A single process reads its own clock and touches no device; several share theirs through a reduction, which
+    waits for the device (the price of stopping together on a time limit)."""
     if max_minutes is None:
         return False
+    if accelerator.num_processes == 1:
+        return time.perf_counter() - started >= max_minutes * 60
     elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
     return accelerator.reduce(elapsed, "max").item() >= max_minutes * 60
+
+
+class UnusableDataError(ValueError):
+    """The data could not train the model: no optimizer step was made, or too many examples were unreadable."""
+
+
+def check_skip_fraction(num_skipped: int, num_read: float, max_fraction: float, what: str) -> None:
+    """Raise `UnusableDataError` when more than `max_fraction` of `num_read` examples were skipped as unreadable."""
+    if num_skipped > max_fraction * num_read:
+        raise UnusableDataError(
+            f"{num_skipped} of {num_read:.0f} {what} ({num_skipped / num_read:.0%}) could not be read, more than "
+            f"--max_skip_fraction {max_fraction}: check the data (or raise --max_skip_fraction)."
+        )
+
+
+def check_data_was_usable(accelerator, state: dict, max_skip_fraction: float) -> None:
+    """After the training loop: refuse a run whose skipped examples exceed `max_skip_fraction` of those read, or that
+    trained no optimizer step (an untrained model must not be exported as a result).
+
+    Skips are counted per process (`state["num_skipped"]`) while `state["images_seen"]` counts the global batch, so
+    each process judges its own share, and with several processes they agree through a max-reduction (a
+    collective: call it on every process)."""
+    num_read = state["num_skipped"] + state["images_seen"] / accelerator.num_processes
+    over = state["num_skipped"] > max_skip_fraction * num_read
+    if accelerator.num_processes > 1:
+        over_anywhere = accelerator.reduce(torch.tensor(int(over), device=accelerator.device), "max").item()
+        if over_anywhere and not over:
+            raise UnusableDataError(
+                f"Another process could not read more than --max_skip_fraction {max_skip_fraction} of its examples: "
+                "check the data (or raise --max_skip_fraction)."
+            )
+    check_skip_fraction(state["num_skipped"], num_read, max_skip_fraction, "examples read")
+    if state["global_step"] == 0:
+        raise UnusableDataError(
+            "No optimizer step was trained: every batch was unreadable or skipped. Nothing is exported."
+        )
+
+
+def mixed_precision_in_use(accelerator) -> str:
+    """The mixed precision the run really trains in. Accelerate accepts `fp16` on a CPU, then runs in float32 (no
+    autocast, no gradient scaler) while still reporting `fp16`."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        return "no"
+    return accelerator.mixed_precision

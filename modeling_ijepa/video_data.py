@@ -209,7 +209,7 @@ def decode_clip(
         frame_step (`int`, *optional*, defaults to 4):
             Distance between two frames of the clip, in frames of the video.
         generator (`torch.Generator`, *optional*):
-            Source of randomness for the start, for reproducible clips.
+            Source of randomness for the start, for reproducible clips. Defaults to torch's global generator.
 
     Returns:
         `torch.Tensor` of dtype uint8 and shape [T, H, W, C] with C = 3 (RGB).
@@ -226,8 +226,8 @@ class VideoClipTransform:
 
     Training applies one random resized crop to the whole clip: cropping frames independently would make the
     content jump between frames, which V-JEPA would have to predict. Evaluation resizes the short side to
-    `image_size` and takes the center square. Randomness comes from torch's global generator, as in torchvision;
-    `VideoClipDataset` seeds it per item.
+    `resize_size` and takes the center `image_size` square. Randomness comes from torch's global generator, as in
+    torchvision; `modeling_ijepa.training.SeededExamples` seeds it per item.
 
     Args:
         image_size (`int`):
@@ -242,6 +242,11 @@ class VideoClipTransform:
             Per-channel standard deviation the values are divided by.
         train (`bool`, *optional*, defaults to `True`):
             Random resized crop if `True`, else resize and center crop.
+        resize_size (`int`, *optional*):
+            Evaluation only: the short side is resized (bilinear, antialiased) to this before the center crop of
+            `image_size`; at least `image_size`, which is the default (the crop then keeps the whole short side).
+            Stock `VJEPA2VideoProcessor` resizes to `modeling_ijepa.export.vjepa2_resize_size(image_size)`, i.e.
+            `int(image_size * 256 / 224)`: pass that to preprocess as it does.
 
     Call with a uint8 tensor [T, H, W, C] (as `decode_clip` returns); returns float32 [T, C, S, S].
     """
@@ -254,11 +259,20 @@ class VideoClipTransform:
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         train: bool = True,
+        resize_size: int | None = None,
     ):
+        if resize_size is not None and train:
+            raise ValueError("`resize_size` sets the evaluation resize; training takes a random resized crop.")
+        resize_size = image_size if resize_size is None else resize_size
+        if resize_size < image_size:
+            raise ValueError(
+                f"`resize_size` ({resize_size}) must be at least `image_size` ({image_size}): the center crop is "
+                "taken from the resized frames."
+            )
         if train:
             resize = [v2.RandomResizedCrop(image_size, scale=scale, ratio=ratio, antialias=True)]
         else:
-            resize = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+            resize = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
         # Resizing before the conversion to float works on 4x less data.
         self.transform = v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
 
@@ -269,12 +283,6 @@ class VideoClipTransform:
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.transform})"
-
-
-def _item_seeds(seed: int, epoch: int, index: int) -> tuple[int, int]:
-    """Two independent seeds (clip start, crop) that depend only on (seed, epoch, index), not on the worker."""
-    decode_seed, transform_seed = np.random.SeedSequence((seed, epoch, index)).generate_state(2, dtype=np.uint64)
-    return int(decode_seed), int(transform_seed)
 
 
 class _HFVideoColumn(Sequence):
@@ -316,8 +324,10 @@ class VideoClipDataset(Dataset):
     (per process: each DataLoader worker has its own count) and more than `max_decode_retries` failures in a row
     raise a `RuntimeError`.
 
-    Each item's randomness (clip start, crop) comes from seeds derived from (`seed`, epoch, index), so an item is
-    the same whichever DataLoader worker loads it; call `set_epoch` at the start of each epoch to get new clips.
+    Each item's randomness (clip start, crop) is drawn from torch's global generator, and the dataset seeds
+    nothing itself: wrap it in `modeling_ijepa.training.SeededExamples`, the one owner of per-example seeding, for
+    items that depend only on (seed, epoch, index), whichever DataLoader worker loads them, and that change with
+    the epoch.
 
     Args:
         videos (`Sequence[VideoSource]`):
@@ -333,8 +343,6 @@ class VideoClipDataset(Dataset):
         transform (`Callable`, *optional*):
             Maps a uint8 clip [T, H, W, C] to the float [T, C, S, S] returned. Defaults to
             `VideoClipTransform(224)`. Its randomness must come from torch's global generator to be reproducible.
-        seed (`int`, *optional*, defaults to 0):
-            Non-negative base seed of the items' randomness.
         max_decode_retries (`int`, *optional*, defaults to 10):
             How many other videos an item may fall back to when decoding fails before giving up.
 
@@ -357,7 +365,6 @@ class VideoClipDataset(Dataset):
         num_frames: int = 16,
         frame_step: int = 4,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        seed: int = 0,
         max_decode_retries: int = 10,
     ):
         if labels is not None and len(labels) != len(videos):
@@ -365,12 +372,9 @@ class VideoClipDataset(Dataset):
         self.num_frames = num_frames
         self.frame_step = frame_step
         self.transform = transform if transform is not None else VideoClipTransform(224)
-        self.seed = seed
         self.max_decode_retries = max_decode_retries
         self.class_names = class_names
         self.decode_failures = 0
-        # A shared-memory tensor, so that `set_epoch` in the main process also reaches persistent DataLoader workers.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
         self._videos = videos
         self._video_indices: list[int] = []
@@ -405,7 +409,6 @@ class VideoClipDataset(Dataset):
         num_frames: int = 16,
         frame_step: int = 4,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        seed: int = 0,
         max_decode_retries: int = 10,
     ) -> VideoClipDataset:
         """Videos found recursively under `root` (by extension: mp4, avi, mkv, mov, webm; hidden files ignored).
@@ -438,7 +441,6 @@ class VideoClipDataset(Dataset):
             num_frames=num_frames,
             frame_step=frame_step,
             transform=transform,
-            seed=seed,
             max_decode_retries=max_decode_retries,
         )
 
@@ -451,7 +453,6 @@ class VideoClipDataset(Dataset):
         num_frames: int = 16,
         frame_step: int = 4,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        seed: int = 0,
         max_decode_retries: int = 10,
     ) -> VideoClipDataset:
         """Videos of a `datasets.Dataset` column (paths, bytes, or a `datasets.Video` feature).
@@ -484,7 +485,6 @@ class VideoClipDataset(Dataset):
             num_frames=num_frames,
             frame_step=frame_step,
             transform=transform,
-            seed=seed,
             max_decode_retries=max_decode_retries,
         )
 
@@ -500,26 +500,21 @@ class VideoClipDataset(Dataset):
             for reason, names in self.skipped.items()
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Sets the epoch mixed into every item's seed: call it before iterating over each epoch."""
-        self._epoch.fill_(epoch)
-
     def __len__(self) -> int:
         return len(self._video_indices)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        decode_seed, transform_seed = _item_seeds(self.seed, int(self._epoch), index)
-        generator = torch.Generator().manual_seed(decode_seed)
         for attempt in range(self.max_decode_retries + 1):
             # Falling back to the next videos keeps the choice deterministic, whichever worker loads the item.
             position = (index + attempt) % len(self)
             try:
+                # The start comes from torch's global generator, which `SeededExamples` seeds per item, like the crop.
                 clip = _decode_clip_of(
                     self._videos[self._video_indices[position]],
                     self._total_frames[position],
                     self.num_frames,
                     self.frame_step,
-                    generator,
+                    generator=None,
                 )
                 break
             except VideoDecodeError as error:
@@ -531,12 +526,7 @@ class VideoClipDataset(Dataset):
                 f"could not decode any of the {self.max_decode_retries + 1} videos tried from item {index} on "
                 f"({self.decode_failures} decoding failures in this process so far); the last error: {last_error}"
             )
-        # The transform draws from torch's global generator: seed a private copy of it so that the crop depends
-        # only on the item, and the caller's random state is left untouched.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(transform_seed)
-            pixel_values_videos = self.transform(clip)
-        item: dict[str, torch.Tensor | int] = {"pixel_values_videos": pixel_values_videos}
+        item: dict[str, torch.Tensor | int] = {"pixel_values_videos": self.transform(clip)}
         if self.labels is not None:
             item["labels"] = self.labels[position]
         return item

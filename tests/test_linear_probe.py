@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from modeling_ijepa import IJepaForPreTraining
 from modeling_ijepa.export import save_encoder_for_transformers
 from modeling_ijepa.metrics import TopKAccuracy
-from modeling_ijepa.probing import knn_scores, samples_per_class_subset, stratified_sample
+from modeling_ijepa.probing import knn_scores, samples_per_class_subset, stratified_sample, sweep_edges
 from run_linear_probe import main as probe_main
+from run_linear_probe import parse_args, run_probes, split_description
 
 from .conftest import CIFAR10, OFFICIAL, VIDEO_TINY, require
 
@@ -242,6 +243,15 @@ def test_model_card_gets_a_model_index_entry(tmp_path, pretraining_folder):
         "test",
         "accuracy",
     )
+    # The card says how much of each split the probe saw, and that two L2 strengths put the choice at an edge.
+    assert linear.dataset_name == "cifar10 (test split, 50 of 10,000 images)"
+    assert linear.metric_args["training_data"] == "train split, 100 of 50,000 images"
+    chosen = results["linear_probe"]["chosen"]["weight_decay"]
+    assert linear.metric_args["weight_decay"] == chosen
+    assert linear.metric_args["at_sweep_edge"] == (
+        f"chosen weight_decay {chosen:g} is the {'lowest' if chosen == 1e-4 else 'highest'} value swept (0.0001 to 0.01)"
+    )
+    assert "at_sweep_edge" not in knn.metric_args
 
     probe_main(args)  # a rerun replaces its entries instead of adding more
     assert len(ModelCard.load(folder / "README.md").data.eval_results) == 2
@@ -319,3 +329,49 @@ def test_mae_encoder_is_probed_on_every_patch_without_its_cls_token(tmp_path):
     from run_linear_probe import load_encoder, parse_args
 
     assert load_encoder(parse_args(["--model_name_or_path", str(tmp_path / "mae")])).config.mask_ratio == 0.0
+
+
+def test_split_description():
+    assert split_description("test", 2000, 10_000, "image") == "test split, 2,000 of 10,000 images"
+    assert split_description("validation", 360, 360, "image") == "validation split, 360 images"
+    assert split_description("test", 1, 1, "video") == "test split, 1 video"
+
+
+def test_sweep_edges():
+    settings = [{"weight_decay": value} for value in (1e-2, 1e-4, 1e-3)]
+    assert sweep_edges(settings, {"weight_decay": 1e-4}) == {"weight_decay": "lowest"}
+    assert sweep_edges(settings, {"weight_decay": 1e-2}) == {"weight_decay": "highest"}
+    assert sweep_edges(settings, {"weight_decay": 1e-3}) == {}
+    assert sweep_edges(settings[:1], {"weight_decay": 1e-2}) == {}  # a single value is no sweep
+    grid = [{"learning_rate": lr, "weight_decay": wd} for lr in (1e-3, 1e-2) for wd in (1e-3, 1e-2, 1e-1)]
+    assert sweep_edges(grid, {"learning_rate": 1e-2, "weight_decay": 1e-2}) == {"learning_rate": "highest"}
+
+
+def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(caplog):
+    from accelerate import PartialState
+
+    PartialState()  # accelerate's logger needs it
+    # Two well separated classes: every L2 strength classifies the held-out examples perfectly, and the tie goes to
+    # the first one swept, the lowest.
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    features = torch.randn(40, 8, generator=generator) + 4 * labels[:, None].float()
+    data = {"features": features, "labels": labels}
+    args = parse_args(["--model_name_or_path", "unused", "--linear_max_iter", "20",
+                       "--linear_weight_decays", "1e-4", "1e-2", "1e-1"])  # fmt: skip
+    with caplog.at_level("WARNING", logger="run_linear_probe"):
+        results = run_probes(data, data, 2, args, "cpu")
+
+    assert results["linear_probe"]["chosen"] == {"weight_decay": 1e-4}
+    assert results["linear_probe"]["at_sweep_edge"] == {"weight_decay": "lowest"}
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warning.endswith(
+        "The linear probe's chosen weight_decay 0.0001 is the lowest value swept (0.0001 to 0.1): the best value may "
+        "lie beyond the sweep; widen --linear_weight_decays."
+    )
+
+    args.linear_weight_decays = [1e-2]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="run_linear_probe"):
+        assert run_probes(data, data, 2, args, "cpu")["linear_probe"]["at_sweep_edge"] == {}
+    assert not caplog.records

@@ -3,7 +3,8 @@ read-only disk and on a diverging loss, no code run from untrusted checkpoints, 
 arguments.
 
 Covered elsewhere: two processes (tests/test_run_pretraining.py), properties of the mask collators
-(tests/test_masking.py), corrupt videos (tests/test_video_data.py). `benchmarks/soak_kill_resume.py` is a longer
+(tests/test_masking.py), corrupt videos (tests/test_video_data.py), damaged or mismatched checkpoints
+(tests/test_checkpointing.py), preemption signals and the output-folder lock (tests/test_run_control.py). `benchmarks/soak_kill_resume.py` is a longer
 version of the kill test.
 """
 
@@ -41,6 +42,7 @@ from modeling_ijepa.checkpointing import (
 )
 from modeling_ijepa.convert_official import UnsafeCheckpointError, load_reference_checkpoint
 from modeling_ijepa.image_data import DecodeAndTransform, decode_image, pretraining_transform
+from modeling_ijepa.training import UnusableDataError
 from modeling_ijepa.optimization import parameter_groups
 
 from .conftest import CIFAR10, REPO_ROOT, require
@@ -554,10 +556,35 @@ def test_the_data_path_skips_unreadable_files_and_feeds_real_pixels_for_the_rest
     assert all(torch.isfinite(value).all() for value in pixel_values if value is not None)
 
 
-def test_a_run_over_bad_files_skips_and_counts_them_and_trains_on_the_rest(tmp_path, caplog):
-    train_dir, convertible, unreadable = write_bad_image_folder(tmp_path / "images")
+def test_too_many_unreadable_files_stop_the_run_before_the_export(tmp_path):
+    train_dir, _, _ = write_bad_image_folder(tmp_path / "images")  # 3 unreadable files of 16
     argv = ["--train_dir", str(train_dir), "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"),
             "--num_train_epochs", "1", *TINY]
+    with pytest.raises(UnusableDataError, match=r"3 of 16 examples read \(19%\) could not be read, more than "
+                                                r"--max_skip_fraction 0.1"):
+        run_pretraining.main(argv)
+    assert not (tmp_path / "out" / "pretraining").exists()
+
+
+def test_a_folder_of_unreadable_files_trains_nothing_and_is_an_error(tmp_path):
+    folder = tmp_path / "images" / "train" / "things"
+    folder.mkdir(parents=True)
+    for index in range(40):
+        (folder / f"corrupt{index}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    argv = ["--train_dir", str(tmp_path / "images" / "train"), "--per_device_train_batch_size", "8",
+            "--output_dir", str(tmp_path / "out"), *TINY]
+    with pytest.raises(UnusableDataError, match=r"40 of 40 examples read \(100%\) could not be read"):
+        run_pretraining.main(argv)
+    with pytest.raises(UnusableDataError, match=r"No optimizer step was trained"):
+        run_pretraining.main([*argv, "--max_skip_fraction", "1"])
+    assert not (tmp_path / "out" / "pretraining").exists() and not (tmp_path / "out" / "README.md").exists()
+
+
+def test_a_run_over_bad_files_skips_and_counts_them_and_trains_on_the_rest(tmp_path, caplog):
+    train_dir, convertible, unreadable = write_bad_image_folder(tmp_path / "images")
+    # 3 unreadable files of 16 are more than the default --max_skip_fraction (0.1) tolerates.
+    argv = ["--train_dir", str(train_dir), "--per_device_train_batch_size", "8", "--output_dir", str(tmp_path / "out"),
+            "--num_train_epochs", "1", "--max_skip_fraction", "0.2", *TINY]
     with caplog.at_level("WARNING"):
         state = run_pretraining.main(argv)
     assert state["num_skipped"] == len(unreadable) == 3
@@ -609,6 +636,18 @@ BAD_ARGUMENTS = {
     "ema-momentum-above-1": (None, ["--ema_momentum", "1.5"], r"ema_momentum must be in \[0, 1\]"),
     "no-targets": (None, ["--num_targets", "0"], "num_targets must be a positive integer"),
     "frames-vs-tubelets": (None, ["--modality", "video", "--num_frames", "15"], "num_frames 15 is not divisible by --tubelet_size 2"),
+    "grad-norm-negative": (None, ["--max_grad_norm=-1"], "max_grad_norm must be positive when given, got -1.0"),
+    "grad-norm-zero": (None, ["--max_grad_norm", "0"], "max_grad_norm must be positive when given, got 0.0"),
+    "context-larger-than-grid": (None, ["--min_context_patches", "1000"],
+                                 r"cannot be met on the 8x8 patch grid \(64 patches\).*keeps at most 40 patches.*"
+                                 r"min_context_patches=1000"),
+    "targets-cover-the-context": (None, ["--target_scale", "0.9,0.95"],
+                                  r"cannot be met on the 8x8 patch grid.*target blocks of scale \(0.9, 0.95\).*keeps at "
+                                  r"most 7 patches"),
+    "two-data-sources": (None, ["--dataset_name", "cifar10", "--train_dir", "images"],
+                         "--dataset_name cifar10 and --train_dir images both name the training data"),
+    "skip-fraction-above-1": (None, ["--max_skip_fraction", "1.5"], r"max_skip_fraction must be in \[0, 1\]"),
+    "unknown-tracker": (None, ["--report_to", "tensorbored"], "--report_to tensorbored: not a tracker Accelerate knows"),
 }
 
 
@@ -625,6 +664,15 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, no_work_may_start, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_tracker_whose_package_is_missing_is_refused_before_any_work(tmp_path, no_work_may_start, monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])  # as without tensorboard installed
+    with pytest.raises(ValueError, match=r"--report_to tensorboard: its package is not installed"):
+        run_pretraining.main(["--output_dir", str(tmp_path / "out"), "--report_to", "tensorboard"])
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_predictor_wider_than_the_encoder_is_allowed_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         args = run_pretraining.parse_args(["--hidden_size", "32", "--num_attention_heads", "2", "--predictor_hidden_size", "64"])
@@ -634,6 +682,29 @@ def test_a_predictor_wider_than_the_encoder_is_allowed_with_a_warning(caplog):
     with caplog.at_level("WARNING"):
         run_pretraining.parse_args(["--hidden_size", "32", "--num_attention_heads", "2", "--predictor_hidden_size", "16"])
     assert "wider than the encoder" not in caplog.text
+
+
+def test_an_image_column_that_holds_no_images_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"Column `label` holds ClassLabel\(.*\), not images; its columns are "
+                                         r"\['img', 'label'\]"):
+        run_pretraining.main(cifar_args(tmp_path, "--image_column_name", "label"))
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one state per process, fixed by the first `Accelerator`: start from none, leave none."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_fp16_on_a_cpu_falls_back_to_float32_with_a_warning_and_the_card_says_so(tmp_path, caplog, fresh_accelerator_state):
+    with caplog.at_level("WARNING"):
+        run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "1", "--mixed_precision", "fp16"))
+    assert "--mixed_precision fp16 is not supported on cpu: training in float32" in caplog.text
+    assert "| precision | no |" in (tmp_path / "README.md").read_text()
 
 
 def test_a_dataset_smaller_than_one_batch_is_refused_before_training(tmp_path):

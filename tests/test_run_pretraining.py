@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,25 @@ def test_matmul_precision_option_sets_torch_and_is_recorded_in_the_card(tmp_path
         torch.set_float32_matmul_precision(before)
     assert state["global_step"] == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in state["log_history"])
     assert "float32 matmul precision medium" in (tmp_path / "README.md").read_text()
+
+
+# What the README calls each value the progress bar can show.
+PROGRESS_BAR_NAMES = {"loss": "the loss", "lr": "the learning rate", "weight_decay": "the weight decay",
+                      "momentum": "the EMA momentum"}
+
+
+def test_readme_says_what_the_progress_bar_shows(tmp_path, monkeypatch):
+    shown = set()
+
+    class RecordingBar(run_pretraining.tqdm):
+        def set_postfix(self, *args, **kwargs):
+            shown.update(kwargs)
+            super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(run_pretraining, "tqdm", RecordingBar)
+    run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "1"))
+    sentence = re.search(r"The progress bar shows ([^.;]+)", (REPO_ROOT / "README.md").read_text())
+    assert sentence, "the README no longer says what the progress bar shows"
+    assert set(re.split(r",\s+|\s+and\s+", sentence.group(1).replace("\n", " "))) == {
+        PROGRESS_BAR_NAMES[key] for key in shown
+    }

@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from modeling_ijepa.training import SeededExamples
 from modeling_ijepa.video_data import VideoClipDataset, VideoClipTransform, VideoDecodeError, decode_clip
 
+from .conftest import VIDEO_TINY, require
 
-VIDEO_TINY = Path(__file__).resolve().parents[2] / "shared" / "data" / "video_tiny"
 requires_video_tiny = pytest.mark.skipif(
     not VIDEO_TINY.is_dir(),
     reason=f"the video_tiny clips are not at {VIDEO_TINY} (the repository must sit next to shared/)",
@@ -190,11 +191,8 @@ def test_normalisation_of_known_colours(tmp_path):
 
 def test_same_crop_for_all_frames(tmp_path):
     write_video(tmp_path / "pattern.mp4", pattern_frames(20))
-    transform = VideoClipTransform(32, scale=(0.1, 0.3))
-    clips = [
-        VideoClipDataset.from_folder(tmp_path, NUM_FRAMES, FRAME_STEP, transform, seed=seed)[0]["pixel_values_videos"]
-        for seed in range(3)
-    ]
+    dataset = VideoClipDataset.from_folder(tmp_path, NUM_FRAMES, FRAME_STEP, VideoClipTransform(32, scale=(0.1, 0.3)))
+    clips = [SeededExamples(dataset, seed)[0]["pixel_values_videos"] for seed in range(3)]
 
     for clip in clips:
         # The frames are identical, so one crop for the whole clip gives identical output frames.
@@ -293,22 +291,52 @@ def test_from_hf_dataset(tmp_path):
     assert dataset.class_names == sorted(set(labels)) and dataset[0]["labels"] == dataset.labels[0]
 
 
-@requires_video_tiny
-def test_dataloader_workers_give_the_same_batches():
-    def first_batches(num_workers: int) -> list[torch.Tensor]:
-        dataset = VideoClipDataset.from_folder(
-            VIDEO_TINY / "unlabelled", NUM_FRAMES, FRAME_STEP, VideoClipTransform(32), seed=7
-        )
-        loader = DataLoader(dataset, batch_size=4, num_workers=num_workers, persistent_workers=num_workers > 0)
-        batches = []
-        for epoch in range(2):
-            # With persistent workers, the epoch set here must still reach the workers started in epoch 0.
-            dataset.set_epoch(epoch)
-            batches.append(next(iter(loader))["pixel_values_videos"])
-        return batches
+def raw_frames(clip: torch.Tensor) -> torch.Tensor:
+    """The decoded clip as it is, uint8 [T, H, W, C]: shows the clip start alone, with no crop."""
+    return clip
 
-    in_process, in_workers = first_batches(0), first_batches(2)
-    assert in_process[0].shape == (4, NUM_FRAMES, 3, 32, 32)
+
+def epoch_clips(examples: SeededExamples, epochs, num_workers: int = 0) -> list[list[torch.Tensor]]:
+    """Every clip of each epoch in index order, loaded as the training loop does: `set_epoch`, then a DataLoader."""
+    loader = DataLoader(
+        examples, batch_size=len(examples), num_workers=num_workers, persistent_workers=num_workers > 0, collate_fn=list
+    )
+    clips = []
+    for epoch in epochs:
+        # With persistent workers, the epoch set here must still reach the workers started for the first epoch.
+        examples.set_epoch(epoch)
+        clips.append([item["pixel_values_videos"] for item in next(iter(loader))])
+    return clips
+
+
+def test_epochs_draw_other_clip_starts_and_crops(tmp_path):
+    # Clip starts: decoded frames of real videos, not cropped.
+    videos = VideoClipDataset.from_folder(require(VIDEO_TINY / "unlabelled"), NUM_FRAMES, FRAME_STEP, raw_frames)
+    starts = epoch_clips(SeededExamples(videos, seed=0), [1, 2])
+    # Crops: identical frames, so the start changes nothing and only the crop can tell the epochs apart.
+    write_video(tmp_path / "pattern.mp4", pattern_frames(20))
+    pattern = VideoClipDataset.from_folder(tmp_path, NUM_FRAMES, FRAME_STEP, VideoClipTransform(32, scale=(0.1, 0.3)))
+    (crop_1,), (crop_2,) = epoch_clips(SeededExamples(pattern, seed=0), [1, 2])
+
+    # Two epochs may draw the same start by chance (1 in 22 for the shortest video here), but not for most videos.
+    moved = [not torch.equal(first, second) for first, second in zip(*starts)]
+    assert sum(moved) >= len(videos) - 2, moved
+    assert (crop_1 - crop_2).abs().max() > 0.5
+
+
+def test_items_depend_only_on_seed_epoch_and_index():
+    videos = VideoClipDataset.from_folder(
+        require(VIDEO_TINY / "unlabelled"), NUM_FRAMES, FRAME_STEP, VideoClipTransform(32)
+    )
+    in_process = epoch_clips(SeededExamples(videos, seed=7), [0, 1])
+    in_workers = epoch_clips(SeededExamples(videos, seed=7), [0, 1], num_workers=2)
+    # A resumed run starts in epoch 1 in a fresh process, and may read the items in any order.
+    resumed = SeededExamples(videos, seed=7)
+    resumed.set_epoch(1)
+    resumed_clips = {index: resumed[index]["pixel_values_videos"] for index in reversed(range(len(videos)))}
+
+    assert in_process[0][0].shape == (NUM_FRAMES, 3, 32, 32)
     for epoch in range(2):
-        assert torch.equal(in_process[epoch], in_workers[epoch])
-    assert not torch.equal(in_process[0], in_process[1])
+        assert all(torch.equal(a, b) for a, b in zip(in_process[epoch], in_workers[epoch], strict=True))
+    assert all(torch.equal(clip, in_process[1][index]) for index, clip in resumed_clips.items())
+    assert not any(torch.equal(a, b) for a, b in zip(in_process[0], in_process[1]))

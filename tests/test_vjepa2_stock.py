@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torchvision.transforms import v2
 from transformers import AutoModel, VJEPA2Model
 
 from modeling_ijepa import VJepa2ForPreTraining
+from modeling_ijepa.export import vjepa2_resize_size
 from modeling_ijepa.modeling_vjepa2 import TARGET_LAYER_NORM_EPS
 from modeling_ijepa.video_data import VideoClipTransform, decode_clip
 
@@ -111,10 +111,41 @@ def real_clip(num_frames: int) -> torch.Tensor:
     return decode_clip(video, num_frames=num_frames, frame_step=2, generator=torch.Generator().manual_seed(0))
 
 
-def our_eval_preprocessing(clip: torch.Tensor, crop_size: int, resize_size: int) -> torch.Tensor:
-    """uint8 [T, H, W, C] -> float [T, C, S, S]: our evaluation transform with the short side resized to
-    `resize_size` (the V-JEPA 2 evaluation size, which the stock processor applies), then the center crop."""
-    return v2.CenterCrop(crop_size)(VideoClipTransform(resize_size, train=False)(clip))
+def our_eval_preprocessing(clip: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """uint8 [T, H, W, C] -> float [T, C, S, S]: our evaluation transform as the probe builds it for V-JEPA 2, with
+    the short side resized to the V-JEPA 2 evaluation size that the stock processor applies."""
+    return VideoClipTransform(crop_size, train=False, resize_size=vjepa2_resize_size(crop_size))(clip)
+
+
+@torch.no_grad()
+def stock_inputs(model, clips, images, clip, context_indices: list, target_indices: list) -> dict:
+    """The inputs `STOCK_SCRIPT` reads: clips [B, T, C, H, W], images [B, C, H, W], a real uint8 clip [T, H, W, C],
+    the indices of each mask type, and the model card's recipe input: our context encoder's output on the context
+    tokens alone, scattered into a full-length sequence."""
+    inputs = {"clips": clips, "images": images, "real_clip": clip}
+    for i, (context, target) in enumerate(zip(context_indices, target_indices)):
+        inputs[f"context_indices_{i}"], inputs[f"target_indices_{i}"] = context, target
+        hidden = model.context_encoder(clips, context_indices=context).last_hidden_state
+        scattered = torch.zeros(hidden.shape[0], model.config.num_patches, hidden.shape[-1])
+        inputs[f"scattered_context_{i}"] = scattered.scatter_(1, context.unsqueeze(-1).expand_as(hidden), hidden)
+    return inputs
+
+
+def run_stock(folder, inputs: dict, work) -> tuple[dict, dict]:
+    """Runs `STOCK_SCRIPT` on the exported `folder` in a fresh process that cannot import our package; returns its
+    outputs and report."""
+    save_file({key: value.contiguous() for key, value in inputs.items()}, work / "inputs.safetensors")
+    (work / "stock.py").write_text(STOCK_SCRIPT)
+    paths = [folder, work / "inputs.safetensors", work / "outputs.safetensors", work / "report.json"]
+    completed = subprocess.run(
+        [sys.executable, "-I", str(work / "stock.py"), *map(str, paths), str(NUM_LABELS)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return load_file(paths[2]), json.loads(paths[3].read_text())
 
 
 @pytest.fixture(scope="module")
@@ -138,30 +169,16 @@ def model(converted):
 def stock_run(converted, model, reference, tmp_path_factory):
     """Runs `STOCK_SCRIPT` on the exported folder; returns its outputs and report, and the inputs it was given."""
     tensors, metadata = reference
-    work = tmp_path_factory.mktemp("stock")
-    inputs = {"clips": clips_of(tensors), "images": tensors["pixel_values_images"]}
-    inputs["real_clip"] = real_clip(model.config.frames_per_clip)
-    with torch.no_grad():
-        for i in mask_types(metadata):
-            context_indices = tensors[f"context_indices_{i}"]
-            inputs[f"context_indices_{i}"] = context_indices
-            inputs[f"target_indices_{i}"] = tensors[f"target_indices_{i}"]
-            context = model.context_encoder(inputs["clips"], context_indices=context_indices).last_hidden_state
-            scattered = torch.zeros(context.shape[0], model.config.num_patches, context.shape[-1])
-            scattered.scatter_(1, context_indices.unsqueeze(-1).expand_as(context), context)
-            inputs[f"scattered_context_{i}"] = scattered
-    save_file({key: value.contiguous() for key, value in inputs.items()}, work / "inputs.safetensors")
-    (work / "stock.py").write_text(STOCK_SCRIPT)
-    paths = [converted / "encoder", work / "inputs.safetensors", work / "outputs.safetensors", work / "report.json"]
-    completed = subprocess.run(
-        [sys.executable, "-I", str(work / "stock.py"), *map(str, paths), str(NUM_LABELS)],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    inputs = stock_inputs(
+        model,
+        clips_of(tensors),
+        tensors["pixel_values_images"],
+        real_clip(model.config.frames_per_clip),
+        [tensors[f"context_indices_{i}"] for i in mask_types(metadata)],
+        [tensors[f"target_indices_{i}"] for i in mask_types(metadata)],
     )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return load_file(paths[2]), json.loads(paths[3].read_text()), inputs
+    outputs, report = run_stock(converted / "encoder", inputs, tmp_path_factory.mktemp("stock"))
+    return outputs, report, inputs
 
 
 def test_export_folder_is_plain_stock_vjepa2(converted, model):
@@ -173,6 +190,8 @@ def test_export_folder_is_plain_stock_vjepa2(converted, model):
     processor = json.loads((folder / "video_preprocessor_config.json").read_text())
     assert processor["video_processor_type"] == "VJEPA2VideoProcessor"
     assert processor["crop_size"] == {"height": model.config.crop_size, "width": model.config.crop_size}
+    # The short side our evaluation transform resizes to (the stock processor derives it from the crop size).
+    assert processor["size"] == {"shortest_edge": vjepa2_resize_size(model.config.crop_size)}
     assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["image_std"] == [0.229, 0.224, 0.225]
 
 
@@ -255,10 +274,9 @@ def test_video_classification_starts_from_the_export(stock_run):
 
 
 @torch.no_grad()
-def test_real_clip_through_stock_processor_and_model_equals_ours(stock_run, model, converted):
+def test_real_clip_through_stock_processor_and_model_equals_ours(stock_run, model):
     outputs, _, inputs = stock_run
-    processor = json.loads((converted / "encoder" / "video_preprocessor_config.json").read_text())
-    ours = our_eval_preprocessing(inputs["real_clip"], model.config.crop_size, processor["size"]["shortest_edge"])
+    ours = our_eval_preprocessing(inputs["real_clip"], model.config.crop_size)
     torch.testing.assert_close(outputs["real_clip_pixel_values"][0], ours, atol=ATOL, rtol=0)
     features = model.target_encoder(ours.unsqueeze(0)).last_hidden_state
     torch.testing.assert_close(outputs["real_clip_features"], features, atol=ATOL, rtol=0)
