@@ -97,3 +97,20 @@ def test_a_worker_started_by_a_large_process_reports_its_own_peak_memory():
                                       text=True).stdout)
     assert 0 < child_peak < 900, child_peak
     del ballast
+
+
+def test_in_memory_data_benchmark_compares_both_paths_on_a_small_subset(tmp_path, monkeypatch):
+    import common
+    import in_memory_data
+
+    from .conftest import CIFAR10, require
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    rows = in_memory_data.main(["--dataset_name", str(require(CIFAR10)), "--max_train_samples", "256",
+                                "--settings", "32/4", "--batch_size", "16", "--num_workers", "0", "--rounds", "2",
+                                "--warmup", "1", "--batches", "2", "--output_name", "in_memory_tiny"])
+    assert [row["image_size"] for row in rows] == [32]
+    assert rows[0]["per_example_images_per_s"] > 0 and rows[0]["in_memory_images_per_s"] > 0
+    assert rows[0]["speedup_min"] <= rows[0]["speedup"] <= rows[0]["speedup_max"]
+    saved = json.loads((tmp_path / "in_memory_tiny.json").read_text())
+    assert saved["dataset"]["images"] == 256 and "cpu_model" in saved["machine"]
