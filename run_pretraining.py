@@ -54,8 +54,10 @@ from modeling_ijepa.image_data import (
     prepare_image_dataset,
     pretraining_transform,
 )
+from modeling_ijepa.in_memory_images import GIB, InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
 from modeling_ijepa.model_card import plot_training_curves, write_model_card
 from modeling_ijepa.optimization import NonFiniteLossError, PretrainingStep, build_optimizer
+from modeling_ijepa.pretraining_probe import probe_against_random_init
 from modeling_ijepa.schedules import Schedules
 from modeling_ijepa.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler
 from modeling_ijepa.training import (
@@ -82,6 +84,7 @@ TRAJECTORY_ARGUMENTS = (
     "modality", "crop_scale", "num_frames", "frame_step", "num_targets", "target_scale", "target_aspect_ratio",
     "context_scale", "min_context_patches", "allow_overlap", "full_range_placement", "random_subset", "adam_beta1",
     "adam_beta2", "adam_epsilon", "max_grad_norm", "clip_grad_after_warmup", "gradient_accumulation_steps",
+    "horizontal_flip", "num_mask_draws",
 )
 
 # What a run holds until it ends: the lock on --output_dir and the preemption signal handlers. `main` releases them;
@@ -93,7 +96,9 @@ RUN_RESOURCES = contextlib.ExitStack()
 
 
 def build_image_dataset(args):
-    """(dataset of {"pixel_values"}, description) for the image modality."""
+    """(dataset of {"pixel_values"}, description) for the image modality; with --in_memory_data, (`InMemoryImages`,
+    description) unless the decoded images would take more than --max_in_memory_gib. Sets `args.data_path` to the
+    path taken (the model card's hyperparameters record it)."""
     splits = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.cache_dir)
     if args.train_split not in splits:
         raise ValueError(f"No split `{args.train_split}` in the dataset; it has {list(splits)}. Use --train_split.")
@@ -101,9 +106,22 @@ def build_image_dataset(args):
     image_column = find_image_column(train, args.image_column_name)
     if args.max_train_samples is not None:
         train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
-    train = prepare_image_dataset(train, image_column, pretraining_transform(args.image_size, tuple(args.crop_scale)))
     description = args.dataset_name or args.train_dir or "scikit-learn digits"
-    return train, description
+    args.data_path = "per-example"
+    if args.in_memory_data:
+        try:
+            images = decode_images(train, image_column, args.image_size, int(args.max_in_memory_gib * GIB))
+        except InMemoryLimitExceeded as error:
+            args.data_path = "per-example (over the in-memory limit)"
+            logger.warning(f"--in_memory_data: {error} Using the per-example path instead.")
+        else:
+            check_skip_fraction(len(train) - len(images), len(train), args.max_skip_fraction, "images read")
+            args.data_path = "in-memory"
+            examples = InMemoryImages(images, args.seed, scale=tuple(args.crop_scale),
+                                      flip_probability=args.horizontal_flip)
+            return examples, description
+    transform = pretraining_transform(args.image_size, tuple(args.crop_scale), args.horizontal_flip)
+    return prepare_image_dataset(train, image_column, transform), description
 
 
 def build_video_dataset(args):
@@ -144,7 +162,8 @@ def build_mask_collator(args, seed: int):
         args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=tuple(args.target_scale),
         target_aspect_ratio=tuple(args.target_aspect_ratio), context_scale=tuple(args.context_scale),
         min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap,
-        full_range_placement=args.full_range_placement, random_subset=args.random_subset, seed=seed,
+        full_range_placement=args.full_range_placement, random_subset=args.random_subset,
+        num_mask_draws=args.num_mask_draws, seed=seed,
     )
 
 
@@ -152,15 +171,15 @@ def build_dataloader(args, accelerator):
     """The training DataLoader and the two objects whose epoch it must be told: the seeded examples and the
     collate function. Returns `(examples, collate, dataloader, description)`."""
     dataset, description = build_video_dataset(args) if args.modality == "video" else build_image_dataset(args)
-    examples = SeededExamples(dataset, args.seed)
+    examples = dataset if isinstance(dataset, InMemoryImages) else SeededExamples(dataset, args.seed)
     # Every process draws the masks of the whole global batch with the same seed and keeps its rows.
     collate = GlobalBatchMaskCollate(
         build_mask_collator(args, seed=args.seed), args.per_device_train_batch_size, accelerator.num_processes,
         accelerator.process_index,
     )
-    if args.modality == "image":
-        # Images are decoded lazily and an unreadable one is dropped at collation; video datasets drop
-        # unreadable clips when they are built and replace a clip that fails later.
+    if args.modality == "image" and not isinstance(examples, InMemoryImages):
+        # Images are decoded lazily and an unreadable one is dropped at collation (in memory, when decoded); video
+        # datasets drop unreadable clips when they are built and replace a clip that fails later.
         collate = SkipUnreadable(collate)
     if len(examples) < args.per_device_train_batch_size * accelerator.num_processes:
         raise ValueError(
@@ -215,9 +234,15 @@ def model_type_of(args) -> str:
 
 
 def build_model(args):
-    """A new pretraining model with the size arguments, or the one saved at --model_name_or_path."""
+    """A new pretraining model with the size arguments, or the one saved at --model_name_or_path. An I-JEPA model
+    takes this run's loss weights (--variance_loss_weight, --covariance_loss_weight) either way."""
+    loss_weights = {name: getattr(args, name) for name in ("variance_loss_weight", "covariance_loss_weight")}
     if args.model_name_or_path:
-        return load_pretraining_model(args)
+        model = load_pretraining_model(args)
+        if model_type_of(args) == "ijepa":
+            for name, value in loss_weights.items():
+                setattr(model.config, name, value)
+        return model
     model_type = model_type_of(args)
     config_class, model_class = PRETRAINING_CLASSES[model_type]
     if model_type == "vjepa2":
@@ -226,7 +251,7 @@ def build_model(args):
         fields["pred_num_attention_heads"] = args.predictor_num_attention_heads or args.num_attention_heads
         config = VJepa2Config(**fields)
     else:
-        extra = {} if model_type == "ijepa" else {
+        extra = loss_weights if model_type == "ijepa" else {
             "num_frames": args.num_frames, "tubelet_size": args.tubelet_size, "uniform_power": args.uniform_power,
         }
         config = config_class(
@@ -359,6 +384,8 @@ def export_final_model(accelerator, model, args, log_history, card_values, card_
     with open(output_dir / "training_log.jsonl", "w") as file:
         file.writelines(json.dumps(entry) + "\n" for entry in log_history)
     plot_training_curves(log_history, output_dir / "training_curves.png")
+    if args.probe_after_training and args.modality == "image":
+        card_values["probe"] = probe_against_random_init(args, accelerator, output_dir)
     write_model_card(output_dir, MODEL_CARD_TEMPLATE, card_values, card_data)
     if args.push_to_hub:
         from huggingface_hub import HfApi
@@ -367,9 +394,17 @@ def export_final_model(accelerator, model, args, log_history, card_values, card_
         repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
         api.upload_folder(
             repo_id=repo_id, folder_path=output_dir, commit_message="Upload pretrained JEPA encoder",
-            ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**", LOCK_FILE],
+            ignore_patterns=["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*", ".tmp-checkpoint-*/**", LOCK_FILE,
+                             "probe/**/features_*"],
         )
         logger.info(f"Pushed {output_dir} to https://huggingface.co/{repo_id}")
+
+
+def schedule_summary(schedules: Schedules, last_step: int) -> dict[str, str]:
+    """The learning rate, weight decay and EMA momentum of optimizer step 1 and of the last trained step."""
+    steps = {"first": 1, "last": max(1, last_step)}
+    return {f"{name}_{which}": f"{value:.3g}" for which, step in steps.items()
+            for name, value in schedules.values(step).items()} | {"peak_lr": f"{schedules.lr:.3g}"}
 
 
 def card_contents(args, accelerator, state, num_examples, description, global_batch, schedules, wall_clock):
@@ -422,9 +457,9 @@ def card_contents(args, accelerator, state, num_examples, description, global_ba
             f"target blocks: {args.num_targets}, scale {tuple(args.target_scale)}, aspect {tuple(args.target_aspect_ratio)}; "
             f"context scale {tuple(args.context_scale)}" if image else "V-JEPA multi-block 3D: 8 short-range + 2 long-range blocks"
         ),
-        "start_lr": args.start_lr, "lr": args.learning_rate, "final_lr": args.final_lr,
-        "warmup_steps": schedules.warmup_steps, "wd": args.weight_decay, "final_wd": args.final_weight_decay,
-        "ema": args.ema_momentum, "final_ema": args.final_ema_momentum, "momentum_schedule": args.momentum_schedule,
+        # The values the first and the last trained step really used (the schedules count steps from 1).
+        "schedule": schedule_summary(schedules, state["global_step"]),
+        "warmup_steps": schedules.warmup_steps, "momentum_schedule": args.momentum_schedule,
         "precision": mixed_precision_in_use(accelerator)
         + (f", float32 matmul precision {args.matmul_precision}" if args.matmul_precision else ""),
         "final_loss": f"{losses[-1]:.4f}" if losses else "n/a",
@@ -514,6 +549,10 @@ def log_entry(accelerator, result, state: dict, epoch: int, monitor: bool) -> di
     entry = {"step": state["global_step"], "epoch": epoch, "loss": accelerator.reduce(result.loss.detach(), "mean").item(),
              "lr": result.lr, "weight_decay": result.weight_decay, "momentum": result.momentum,
              "images_seen": state["images_seen"], "skipped_examples": state["num_skipped"]}
+    for name in ("prediction_loss", "regularisation_loss"):  # the parts of the loss, with a regulariser on
+        part = getattr(result.output, name, None)
+        if part is not None:
+            entry[name] = accelerator.reduce(part.detach(), "mean").item()
     if monitor:
         entry |= collapse_statistics(first_targets(result.output.targets))
     return entry
@@ -592,6 +631,9 @@ def train(args, step_callback=None):
             state["num_skipped"] += batch.pop("num_skipped", 0)
             if "context_indices" not in batch:  # every example of this batch was unreadable
                 continue
+            if "images" in batch:  # --in_memory_data: crop, flip and normalise the whole batch on the device
+                batch["pixel_values"] = resized_crops(batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips"),
+                                                      args.image_size)
             inputs = model_inputs(batch, args.modality)
             result = train_step(inputs, step=state["global_step"] + 1, epoch=epoch)
             skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)
@@ -605,7 +647,8 @@ def train(args, step_callback=None):
             if step_callback is not None:
                 step_callback(accelerator, unwrapped, step)
             stopping = step >= total_steps or out_of_time(accelerator, started, args.max_train_minutes)
-            monitor = step % args.monitor_steps == 0 or stopping
+            # Step 1's targets come from the target encoder as initialised: the reference the collapse plot needs.
+            monitor = step == 1 or step % args.monitor_steps == 0 or stopping
             if step % args.logging_steps == 0 or monitor:
                 train_step.raise_if_nonfinite(kept_checkpoint)
                 entry = log_entry(accelerator, result, state, epoch, monitor)

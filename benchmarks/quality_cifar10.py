@@ -60,8 +60,8 @@ import mae_pretraining  # noqa: E402
 from common import machine, markdown_table  # noqa: E402
 from plot_masks import plot_recipe_masks  # noqa: E402
 
-import run_linear_probe  # noqa: E402
 import run_pretraining  # noqa: E402
+from modeling_ijepa import linear_probe  # noqa: E402
 from modeling_ijepa.model_card import plot_training_curves  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ijepa_argv(args) -> list[str]:
     """run_pretraining.py arguments of the benchmark's I-JEPA run, without output folder and step counts."""
-    argv = ["--config", args.config, "--dataset_name", args.dataset_name, "--seed", str(args.seed)]
+    # The benchmark probes every encoder itself, on the whole splits.
+    argv = ["--config", args.config, "--dataset_name", args.dataset_name, "--seed", str(args.seed),
+            "--no-probe_after_training"]
     if args.dataloader_num_workers is not None:
         argv += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
     for name in SIZE_OVERRIDES:
@@ -235,7 +237,7 @@ def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None
         argv += ["--samples_per_class", str(samples_per_class)]
     if random_init:
         argv.append("--random_init")
-    results = run_linear_probe.main(argv)
+    results = linear_probe.main(argv)
     name = "full" if samples_per_class is None else "lowshot"
     shutil.copyfile(output_dir / "probe_results.json", output_dir / f"probe_results_{name}.json")
     return results

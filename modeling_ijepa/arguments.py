@@ -51,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Stop with an error when more than this fraction of the examples read (images) or found (videos) cannot "
              "be decoded; 0 tolerates none, 1 any number.",
     )
+    data.add_argument(
+        "--in_memory_data", action="store_true",
+        help="Images: decode the data set once into memory (uint8) and crop, flip and normalise whole batches on the "
+             "training device, with the same per-example random crops as the default path. Above "
+             "--max_in_memory_gib the run warns and uses the default path (the model card records which ran).",
+    )
+    data.add_argument(
+        "--max_in_memory_gib", type=float, default=8.0,
+        help="The most memory, in GiB, that --in_memory_data may take for the decoded images, in each process (every "
+             "process holds its own copy).",
+    )
+    data.add_argument(
+        "--horizontal_flip", type=float, default=0.0,
+        help="Images: probability of a horizontal flip after the random resized crop; 0 (off) as in the reference.",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -82,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attn_implementation", type=str, default="sdpa", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--torch_compile", action="store_true")
+    model.add_argument("--variance_loss_weight", type=float, default=0.0,
+                       help="Images: weight of a VICReg-style variance term on the context encoder's output "
+                            "(as in C-JEPA). 0 (off) reproduces the paper.")
+    model.add_argument("--covariance_loss_weight", type=float, default=0.0,
+                       help="Images: weight of a VICReg-style covariance term on the context encoder's output "
+                            "(as in C-JEPA). 0 (off) reproduces the paper.")
 
     masking = parser.add_argument_group("masking")
     masking.add_argument("--num_targets", type=int, default=4)
@@ -94,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Let blocks reach the last row and column (the reference never does).")
     masking.add_argument("--random_subset", action="store_true",
                          help="Equalise index lengths with a random subset instead of the reference's raster-order cut.")
+    masking.add_argument("--num_mask_draws", type=int, default=1,
+                         help="Images: mask draws per image in each step, all predicted from one pass of the target "
+                              "encoder. 1 reproduces the paper.")
 
     optimisation = parser.add_argument_group("optimisation")
     optimisation.add_argument("--per_device_train_batch_size", type=int, default=8)
@@ -157,6 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     output.add_argument("--logging_steps", type=int, default=10)
     output.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
+
+    probe = parser.add_argument_group("probe after training (images with labels)")
+    probe.add_argument(
+        "--probe_after_training", action=argparse.BooleanOptionalAction, default=True,
+        help="At the end, probe the exported encoder and the same architecture at random initialisation (linear "
+             "probe and kNN on frozen features) on the data's labelled splits, and put both in the model card. "
+             "Runs when the training split has a label column and a held-out split exists (digits: always).",
+    )
+    probe.add_argument("--probe_eval_split", type=str, default=None,
+                       help="Held-out split to evaluate on; by default the first of 'test', 'validation'.")
+    probe.add_argument("--probe_label_column_name", type=str, default=None, help="Label column; detected when absent.")
+    probe.add_argument("--probe_max_train_samples", type=int, default=5000,
+                       help="Training images the probes fit on (a seeded random subset), to keep the check cheap.")
+    probe.add_argument("--probe_max_eval_samples", type=int, default=2000,
+                       help="Held-out images the probes are evaluated on (a seeded random subset).")
     output.add_argument(
         "--report_to", type=str, default=None,
         help="An Accelerate tracker (tensorboard, wandb, ...; its package must be installed), or 'all' installed ones.",
@@ -214,7 +253,7 @@ def validate(args: argparse.Namespace) -> None:
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "max_train_minutes",
-                 "max_grad_norm"):
+                 "max_grad_norm", "probe_max_train_samples", "probe_max_eval_samples"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")
@@ -229,6 +268,15 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--image_size {args.image_size} is not divisible by --patch_size {args.patch_size}.")
     if args.modality == "video" and args.num_frames % args.tubelet_size:
         raise ValueError(f"--num_frames {args.num_frames} is not divisible by --tubelet_size {args.tubelet_size}.")
+    if args.num_mask_draws < 1:
+        raise ValueError(f"--num_mask_draws must be >= 1, got {args.num_mask_draws}.")
+    for name in ("variance_loss_weight", "covariance_loss_weight"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
+    if args.modality == "video":
+        for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0)):
+            if getattr(args, name) != off:
+                raise ValueError(f"--{name} is an image (I-JEPA) option: it is not available with --modality video.")
     if args.modality == "image" and args.architecture != "vjepa":
         raise ValueError(
             f"--architecture {args.architecture} is a video model: pass --modality video (images train I-JEPA)."
@@ -246,6 +294,13 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}.")
     if not 0.0 <= args.max_skip_fraction <= 1.0:
         raise ValueError(f"--max_skip_fraction must be in [0, 1], got {args.max_skip_fraction}.")
+    if not 0.0 <= args.horizontal_flip <= 1.0:
+        raise ValueError(f"--horizontal_flip is a probability and must be in [0, 1], got {args.horizontal_flip}.")
+    if not args.max_in_memory_gib > 0:
+        raise ValueError(f"--max_in_memory_gib must be positive, got {args.max_in_memory_gib}.")
+    for name in ("in_memory_data", "horizontal_flip"):
+        if getattr(args, name) and args.modality != "image":
+            raise ValueError(f"--{name} applies to images: it needs --modality image.")
     if args.dataset_name is not None and args.train_dir is not None:
         raise ValueError(
             f"--dataset_name {args.dataset_name} and --train_dir {args.train_dir} both name the training data: give one."

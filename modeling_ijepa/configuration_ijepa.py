@@ -116,6 +116,11 @@ class IJepaConfig(StockIJepaConfig):
         predictor_num_attention_heads (`int`, *optional*): predictor heads; defaults to `num_attention_heads`
             as in the paper; must divide `predictor_hidden_size`.
         initializer_range (`float`, defaults to 0.02): std of the truncated normal initialisation.
+        variance_loss_weight (`float`, defaults to 0.0): weight of a VICReg-style variance term on the context
+            encoder's output (as in C-JEPA), `mean over features of relu(1 - sqrt(var + 1e-4))`, the variance taken
+            over every context token of the batch. Not in the paper; 0 (off) reproduces it.
+        covariance_loss_weight (`float`, defaults to 0.0): weight of a VICReg-style covariance term on the same
+            tokens, `sum of squared off-diagonal covariances / D`. Not in the paper; 0 (off) reproduces it.
 
     The predictor's MLP has the same ratio to its width as the encoder's.
     """
@@ -126,12 +131,17 @@ class IJepaConfig(StockIJepaConfig):
     predictor_hidden_size: int = 384
     predictor_num_hidden_layers: int = 12
     predictor_num_attention_heads: int | None = None
+    variance_loss_weight: float = 0.0
+    covariance_loss_weight: float = 0.0
 
     def __post_init__(self, **kwargs):
         if self.predictor_num_attention_heads is None:
             self.predictor_num_attention_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
         self.check_sizes()
+        for name in ("variance_loss_weight", "covariance_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
 
     def check_sizes(self) -> None:
         """Raise `ValueError` naming the first field whose value cannot make a model."""

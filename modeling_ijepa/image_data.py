@@ -133,12 +133,16 @@ def decode_image(value) -> PILImage.Image:
     return to_rgb(image)
 
 
-def pretraining_transform(image_size: int, crop_scale: tuple[float, float] = (0.3, 1.0)) -> v2.Compose:
-    """The I-JEPA recipe: random resized crop, ImageNet normalisation, no other augmentation."""
+def pretraining_transform(image_size: int, crop_scale: tuple[float, float] = (0.3, 1.0),
+                          flip_probability: float = 0.0) -> v2.Compose:
+    """The I-JEPA recipe: random resized crop, ImageNet normalisation, no other augmentation; optionally a
+    horizontal flip after the crop (off in the reference), drawn as `in_memory_images.InMemoryImages` draws it."""
+    flip = [v2.RandomHorizontalFlip(flip_probability)] if flip_probability > 0 else []
     return v2.Compose(
         [
             v2.PILToTensor(),
             v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
+            *flip,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
 
     python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \
@@ -43,11 +42,10 @@ from datasets import ClassLabel, Value
 from torch.utils.data import DataLoader, Subset, default_collate
 from transformers import AutoConfig, AutoModel, VJEPA2Model
 
-import modeling_ijepa  # noqa: F401  (registers the V-JEPA classes with the Auto classes)
-from modeling_ijepa.checkpointing import check_loaded_weights
-from modeling_ijepa.convert_official import convert_checkpoint
-from modeling_ijepa.export import vjepa2_resize_size
-from modeling_ijepa.image_data import (
+from .checkpointing import check_loaded_weights
+from .convert_official import convert_checkpoint
+from .export import vjepa2_resize_size
+from .image_data import (
     DIGITS_NAME,
     SkipUnreadable,
     evaluation_transform,
@@ -56,11 +54,11 @@ from modeling_ijepa.image_data import (
     load_image_dataset,
     prepare_image_dataset,
 )
-from modeling_ijepa.metrics import TopKAccuracy
-from modeling_ijepa.model_card import plural
-from modeling_ijepa.modeling_ijepa import IJepaModel
-from modeling_ijepa.modeling_vjepa import VJepaModel
-from modeling_ijepa.probing import (
+from .metrics import TopKAccuracy
+from .model_card import plural
+from .modeling_ijepa import IJepaModel
+from .modeling_vjepa import VJepaModel
+from .probing import (
     AttentiveProbe,
     CardMetric,
     MiniBatchTraining,
@@ -78,7 +76,7 @@ from modeling_ijepa.probing import (
     train_probes,
     update_model_card,
 )
-from modeling_ijepa.training import SeededExamples
+from .training import SeededExamples
 
 logger = get_logger(__name__)
 
@@ -667,8 +665,8 @@ def log_summary(results: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    """The `run_linear_probe.py` command: parse `argv`, probe, write `probe_results.json`; returns the results."""
     args = parse_args(argv)
-    start = time.perf_counter()
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if accelerator.is_local_main_process:
@@ -676,6 +674,14 @@ def main(argv=None) -> dict:
         transformers.utils.logging.set_verbosity_warning()
     if accelerator.num_processes > 1:
         raise ValueError("Probing runs on one process: launch it with `python`, not several `accelerate` processes.")
+    return probe(args, accelerator)
+
+
+def probe(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+    """Probe the encoder that `args` (from `parse_args`) names, on `accelerator`'s device, in this process alone.
+
+    Also what pretraining runs at its end (on its main process), with the training run's accelerator."""
+    start = time.perf_counter()
     os.makedirs(args.output_dir, exist_ok=True)
     timings = {}
 
@@ -754,7 +760,3 @@ def main(argv=None) -> dict:
         json.dump(results, file, indent=2)
     log_summary(results)
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -278,6 +278,12 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
     than `min_context_patches` patches is re-drawn. Lengths are then equalised across the batch: every
     context keeps as many patches as the smallest one.
 
+    With `num_mask_draws=N > 1` every image gets `N` independent draws (targets and context), for a model that
+    computes the targets of an image once and predicts them from each of its `N` contexts: the index tensors
+    then have `B * N` rows, those of image `i` at `i * N ... i * N + N - 1`. All draws of a batch share its
+    block sizes and equalised lengths, as the images of a batch do. `N = 1` gives exactly the masks of a
+    collator without the option.
+
     Known flaws of the reference and how they are handled:
 
     - It never terminates when a target block has no more than `min_context_patches` patches (it
@@ -316,6 +322,8 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
             Whether blocks may reach the last row and column. `False` reproduces the reference.
         random_subset (`bool`, *optional*, defaults to `False`):
             Whether to equalise context lengths with a random subset. `False` reproduces the reference.
+        num_mask_draws (`int`, *optional*, defaults to 1):
+            Mask draws `N` per image. 1 reproduces the reference.
         seed (`int`, *optional*):
             Seed of the draws. Batch `i` of epoch `e` always gets the same masks for the same seed, whichever
             DataLoader worker collates it. `None` draws a seed from OS entropy (stored in `self.seed`). In
@@ -345,9 +353,11 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
         allow_overlap: bool = False,
         full_range_placement: bool = False,
         random_subset: bool = False,
+        num_mask_draws: int = 1,
         seed: int | None = None,
     ) -> None:
         super().__init__(seed)
+        self.num_mask_draws = _check_count(num_mask_draws, "num_mask_draws", 1)
         self.image_size = _as_pair(image_size, "image_size")
         self.grid_size = _patch_grid(image_size, patch_size)
         if min(self.grid_size) < 2:
@@ -423,11 +433,14 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
             batch_size (`int`): number of images `B`.
 
         Returns:
-            `tuple(torch.LongTensor)`:
-            - context_indices of shape `(B, Kc)`: patches the context encoder keeps, ascending.
-            - target_indices of shape `(B, M, Kt)`: patches of each target block, ascending; `Kt = h * w`.
+            `tuple(torch.LongTensor)`, with `R = B * num_mask_draws` rows, those of image `i` at
+            `i * num_mask_draws ... (i + 1) * num_mask_draws - 1`:
+            - context_indices of shape `(R, Kc)`: patches the context encoder keeps, ascending.
+            - target_indices of shape `(R, M, Kt)`: patches of each target block, ascending; `Kt = h * w`.
         """
         _check_count(batch_size, "batch_size", 1)
+        # The draws of a row do not depend on its image: the rows of `B * N` draws, grouped `N` per image.
+        batch_size = batch_size * self.num_mask_draws
         generator = self._next_generator()
         target_fraction, context_fraction = torch.rand(2, generator=generator).tolist()
         target_shape = self._block_shape(target_fraction, self.target_scale, self.target_aspect_ratio)
@@ -473,8 +486,9 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
                 are collated with `torch.utils.data.default_collate`.
 
         Returns:
-            `dict`: `pixel_values` of shape `(B, C, H, W)`, `context_indices` of shape `(B, Kc)`, `target_indices`
-            of shape `(B, M, Kt)`, and the other collated keys.
+            `dict`: `pixel_values` of shape `(B, C, H, W)`, `context_indices` of shape `(B * N, Kc)`,
+            `target_indices` of shape `(B * N, M, Kt)` for `N = num_mask_draws` (see `sample_indices` for the order
+            of the rows), and the other collated keys.
         """
         batch = self._collate(examples, "pixel_values", (-1, *self.image_size))
         batch["context_indices"], batch["target_indices"] = self.sample_indices(len(examples))

@@ -22,27 +22,41 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'es' if noun.endswith(('s', 'x', 'z', 'ch', 'sh')) else 's'}"
 
 
+def loss_flattens(losses: list[float]) -> bool:
+    """Whether a loss curve spans more than a decade, where a linear axis shows its later part as a flat line."""
+    positive = [loss for loss in losses if loss > 0]
+    return len(positive) == len(losses) > 1 and max(positive) > 10 * min(positive)
+
+
 def plot_training_curves(log_history: list[dict], path: str | Path) -> Path:
-    """Loss (left) and collapse monitor (right) against the optimizer step, as a PNG."""
+    """Loss (left; on a log scale when it spans more than a decade) and collapse monitor (right) against the
+    optimizer step, as a PNG. The monitor is read against its references: the effective rank as a fraction of the
+    largest it could be, and the per-dimension std as a fraction of its value at the first logged step (the target
+    encoder as initialised, when the run logged step 1)."""
     figure, (loss_axis, monitor_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
     losses = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
     if losses:
         # A line through one point draws nothing: a run that logged once gets a marker.
         loss_axis.plot(*zip(*losses), color="tab:blue", marker="o" if len(losses) == 1 else None)
+        if loss_flattens([loss for _, loss in losses]):
+            loss_axis.set_yscale("log")
     loss_axis.set(xlabel="optimizer step", ylabel="prediction loss", title="Loss")
     loss_axis.grid(alpha=0.3)
-    monitor = [(entry["step"], entry["feature_std"], entry["effective_rank"]) for entry in log_history if "effective_rank" in entry]
+    monitor = [entry for entry in log_history if "effective_rank" in entry]
     if monitor:
-        steps, stds, ranks = zip(*monitor)
+        steps = [entry["step"] for entry in monitor]
+        maximum = monitor[0].get("effective_rank_max")
+        ranks = [entry["effective_rank"] / (maximum or 1) for entry in monitor]
+        initial_std = monitor[0]["feature_std"] or 1.0
+        stds = [entry["feature_std"] / initial_std for entry in monitor]
         monitor_axis.plot(steps, ranks, color="tab:green", marker="o", markersize=3)
-        monitor_axis.set_ylabel("effective rank of target features")
-        std_axis = monitor_axis.twinx()
-        std_axis.plot(steps, stds, color="tab:red", linestyle="--", marker="s", markersize=3)
-        std_axis.set_ylabel("mean per-dimension std")
-        monitor_axis.legend(
-            monitor_axis.get_lines() + std_axis.get_lines(), ["effective rank", "per-dimension std"], loc="best", fontsize=8
-        )
-    monitor_axis.set(xlabel="optimizer step", title="Collapse monitor")
+        monitor_axis.plot(steps, stds, color="tab:red", linestyle="--", marker="s", markersize=3)
+        rank_label = f"effective rank / its maximum ({maximum})" if maximum else "effective rank"
+        monitor_axis.legend([rank_label, f"per-dimension std / its value at step {steps[0]} ({initial_std:.3g})"],
+                            loc="best", fontsize=8)
+        monitor_axis.axhline(1.0, color="gray", linewidth=0.8)
+        monitor_axis.set_ylim(bottom=0)
+    monitor_axis.set(xlabel="optimizer step", ylabel="fraction of reference", title="Collapse monitor")
     monitor_axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -45,8 +45,11 @@ def sincos_2d(embed_dim: int, grid_size: tuple[int, int]) -> torch.Tensor:
     return table.float()
 
 
-def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: int) -> None:
-    """Raise `ValueError` unless `indices` is a non-empty int64 tensor of `ndim` dims whose batch size is `batch_size`.
+def check_index_tensor(
+    name: str, indices: torch.Tensor, ndim: int, batch_size: int, reference: str = "the pixel values have"
+) -> None:
+    """Raise `ValueError` unless `indices` is a non-empty int64 tensor of `ndim` dims whose batch size is `batch_size`
+    (that of what `reference` names in the message).
 
     Reads only the type, dtype and shape, which the host knows: no value, so no wait for the device.
     """
@@ -58,7 +61,7 @@ def check_index_tensor(name: str, indices: torch.Tensor, ndim: int, batch_size: 
         raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(indices.shape)}.")
     if indices.shape[0] != batch_size:
         raise ValueError(
-            f"`{name}` has batch size {indices.shape[0]} but the pixel values have batch size {batch_size}."
+            f"`{name}` has batch size {indices.shape[0]} but {reference} batch size {batch_size}."
         )
     if indices.numel() == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(indices.shape)}): every block needs a patch.")
@@ -115,6 +118,49 @@ def encode_tokens(encoder, hidden_states: torch.Tensor, context_indices: torch.T
         hidden_states = layer(hidden_states, None, **kwargs)
     sequence_output = encoder.layernorm(hidden_states)
     return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
+
+
+def num_mask_draws(num_images: int, context_indices: torch.Tensor) -> int:
+    """How many mask draws per image a batch holds: `N` when `context_indices` has `N * B` rows for `B` images.
+
+    Reads only the shape. Raises `ValueError` when the rows are not a whole multiple of the images.
+    """
+    if not isinstance(context_indices, torch.Tensor) or context_indices.ndim == 0:
+        return 1  # `check_index_tensor` names the problem
+    num_rows = context_indices.shape[0]
+    if num_rows == 0 or num_rows % num_images:
+        raise ValueError(
+            f"`context_indices` has batch size {num_rows} but the pixel values have batch size {num_images}: it needs "
+            "one row per image, or N rows per image for N mask draws (those of image i at i*N ... i*N + N - 1)."
+        )
+    return num_rows // num_images
+
+
+def variance_covariance_loss(
+    features: torch.Tensor, variance_weight: float, covariance_weight: float, epsilon: float = 1e-4
+) -> torch.Tensor:
+    """VICReg's variance and covariance terms (Bardes et al., 2022), as C-JEPA applies them to I-JEPA's context
+    encoder: `variance_weight * mean_d relu(1 - sqrt(var_d + epsilon)) + covariance_weight * sum_{d != e} cov_de^2 / D`.
+
+    Args:
+        features: `[..., D]`; every leading position is one sample (for I-JEPA: every context token of the batch).
+        variance_weight, covariance_weight: weights of the two terms; a term with weight 0 is not computed.
+
+    Returns:
+        The weighted sum, a float32 scalar tensor (never read back to the host).
+    """
+    features = features.reshape(-1, features.shape[-1]).float()
+    num_samples, width = features.shape
+    centred = features - features.mean(dim=0)
+    loss = features.new_zeros(())
+    if variance_weight:
+        variance = centred.pow(2).sum(dim=0) / (num_samples - 1)
+        loss = loss + variance_weight * F.relu(1.0 - torch.sqrt(variance + epsilon)).mean()
+    if covariance_weight:
+        covariance = centred.T @ centred / (num_samples - 1)
+        off_diagonal = covariance.pow(2).sum() - covariance.diagonal().pow(2).sum()
+        loss = loss + covariance_weight * off_diagonal / width
+    return loss
 
 
 def as_ijepa_config(config) -> IJepaConfig:
@@ -266,17 +312,27 @@ class IJepaPredictor(nn.Module):
 @dataclass
 class IJepaForPreTrainingOutput(ModelOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `[]`): smooth L1 between predictions and targets (beta 1, mean).
-    predictions (`torch.FloatTensor` of shape `[B, M, Kt, D]`): predictor output for each target block.
-    targets (`torch.FloatTensor` of shape `[B, M, Kt, D]`): target-encoder features at the target patches,
+    With `N` mask draws per image (`N = 1` unless the batch holds more, see `IJepaForPreTraining.forward`), every
+    per-draw output has `R = B * N` rows, those of image `i` at `i * N ... i * N + N - 1`.
+
+    loss (`torch.FloatTensor` of shape `[]`): the training loss, `prediction_loss` plus `regularisation_loss` when
+        there is one.
+    predictions (`torch.FloatTensor` of shape `[R, M, Kt, D]`): predictor output for each target block.
+    targets (`torch.FloatTensor` of shape `[R, M, Kt, D]`): target-encoder features at the target patches,
         layer-normed over features without affine parameters.
-    context_hidden_states (`torch.FloatTensor` of shape `[B, Kc, D]`): context-encoder output.
+    context_hidden_states (`torch.FloatTensor` of shape `[R, Kc, D]`): context-encoder output.
+    prediction_loss (`torch.FloatTensor` of shape `[]`, *optional*): smooth L1 between predictions and targets
+        (beta 1, mean); set only with a regulariser on (otherwise it is `loss`).
+    regularisation_loss (`torch.FloatTensor` of shape `[]`, *optional*): the weighted variance-covariance term on
+        `context_hidden_states` (`config.variance_loss_weight`, `config.covariance_loss_weight`); `None` when off.
     """
 
     loss: torch.FloatTensor | None = None
     predictions: torch.FloatTensor | None = None
     targets: torch.FloatTensor | None = None
     context_hidden_states: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    regularisation_loss: torch.FloatTensor | None = None
 
 
 class EmaTargetEncoderMixin:
@@ -330,12 +386,16 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
 
     @torch.no_grad()
     def compute_targets(self, pixel_values: torch.Tensor, target_indices: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B, C, H, W], target_indices [B, M, Kt] -> layer-normed targets [B, M, Kt, D]."""
+        """pixel_values [B, C, H, W], target_indices [B * N, M, Kt] -> layer-normed targets [B * N, M, Kt, D].
+
+        The target encoder runs once per image, whatever the number `N` of mask draws: the `N` rows of image `i`
+        (`i * N ... i * N + N - 1`) all gather from its features, with no copy of them.
+        """
         features = self.target_encoder(pixel_values).last_hidden_state
         features = F.layer_norm(features, (features.shape[-1],))
-        batch_size, num_targets, target_length = target_indices.shape
-        targets = gather_tokens(features, target_indices.reshape(batch_size, -1))
-        return targets.view(batch_size, num_targets, target_length, -1)
+        num_rows, num_targets, target_length = target_indices.shape
+        targets = gather_tokens(features, target_indices.reshape(pixel_values.shape[0], -1))
+        return targets.view(num_rows, num_targets, target_length, -1)
 
     def forward(
         self,
@@ -348,20 +408,46 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `[B, C, H, W]`): images.
-            context_indices (`torch.LongTensor` of shape `[B, Kc]`): patches the context encoder sees.
-            target_indices (`torch.LongTensor` of shape `[B, M, Kt]`): patches of the M target blocks.
+            context_indices (`torch.LongTensor` of shape `[B * N, Kc]`): patches the context encoder sees.
+            target_indices (`torch.LongTensor` of shape `[B * N, M, Kt]`): patches of the M target blocks.
+
+        `N` is the number of mask draws per image, 1 in the paper, read from the shapes: with `N * B` rows the rows
+        of image `i` are `i * N ... i * N + N - 1` (as `MultiBlockMaskCollator(num_mask_draws=N)` emits them). The
+        target encoder then runs once on the `B` images and each draw gathers its targets from them; the context
+        encoder and the predictor run on every draw (the images are repeated for the context encoder). The loss is
+        the mean over all draws, equal to that of the `B * N` rows with each image repeated `N` times.
+
+        With `config.variance_loss_weight` or `config.covariance_loss_weight` non-zero, the loss adds their
+        variance-covariance term (`variance_covariance_loss`) on the context-encoder output, all `B * N * Kc`
+        tokens as samples.
         """
         self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
-        for name, indices, ndim in (("context_indices", context_indices, 2), ("target_indices", target_indices, 3)):
-            check_index_tensor(name, indices, ndim, pixel_values.shape[0])
+        num_draws = num_mask_draws(pixel_values.shape[0], context_indices)
+        num_rows = num_draws * pixel_values.shape[0]
+        check_index_tensor("context_indices", context_indices, 2, num_rows)
+        check_index_tensor("target_indices", target_indices, 3, num_rows, reference="`context_indices` has")
+        for name, indices in (("context_indices", context_indices), ("target_indices", target_indices)):
             check_index_values(name, indices, self.config.grid_size)
 
         targets = self.compute_targets(pixel_values, target_indices)
-        context_hidden_states = self.context_encoder(pixel_values, context_indices=context_indices).last_hidden_state
+        context_pixels = pixel_values.repeat_interleave(num_draws, dim=0) if num_draws > 1 else pixel_values
+        context_hidden_states = self.context_encoder(context_pixels, context_indices=context_indices).last_hidden_state
         predictions = self.predictor(context_hidden_states, context_indices, target_indices)
         loss = F.smooth_l1_loss(predictions, targets)
+        prediction_loss = regularisation_loss = None
+        variance_weight = self.config.variance_loss_weight
+        covariance_weight = self.config.covariance_loss_weight
+        if variance_weight or covariance_weight:
+            prediction_loss = loss
+            regularisation_loss = variance_covariance_loss(context_hidden_states, variance_weight, covariance_weight)
+            loss = prediction_loss + regularisation_loss
         output = IJepaForPreTrainingOutput(
-            loss=loss, predictions=predictions, targets=targets, context_hidden_states=context_hidden_states
+            loss=loss,
+            predictions=predictions,
+            targets=targets,
+            context_hidden_states=context_hidden_states,
+            prediction_loss=prediction_loss,
+            regularisation_loss=regularisation_loss,
         )
         return output if return_dict is not False else output.to_tuple()
 
@@ -380,6 +466,7 @@ register_checkpoint_conversion_mapping(
 
 __all__ = [
     "EmaTargetEncoderMixin",
+    "variance_covariance_loss",
     "IJepaPreTrainedModel",
     "IJepaModel",
     "IJepaPredictor",

@@ -67,6 +67,9 @@ class GlobalBatchMaskCollate:
     per_device_batch_size` examples (with the same seeded generator on every process) and keeping this
     process's rows makes a run on N processes see exactly the masks of a one-process run with the same
     global batch. `mask_collator` is a `MultiBlockMaskCollator` or `MultiBlock3DMaskCollator`.
+
+    With a collator that draws `num_mask_draws = N` masks per image, example `i` of the global batch owns mask rows
+    `i * N ... i * N + N - 1`, and each process keeps the `N` rows of each of its examples.
     """
 
     def __init__(self, mask_collator, per_device_batch_size: int, num_processes: int = 1, process_index: int = 0):
@@ -81,8 +84,9 @@ class GlobalBatchMaskCollate:
     def __call__(self, examples: list[dict]) -> dict:
         batch = default_collate(examples)
         context_indices, target_indices = self.mask_collator.sample_indices(self.per_device_batch_size * self.num_processes)
-        start = self.process_index * self.per_device_batch_size
-        stop = start + len(examples)  # fewer rows when unreadable examples were dropped
+        draws = getattr(self.mask_collator, "num_mask_draws", 1)
+        start = self.process_index * self.per_device_batch_size * draws
+        stop = start + len(examples) * draws  # fewer rows when unreadable examples were dropped
         batch["context_indices"] = slice_masks(context_indices, start, stop)
         batch["target_indices"] = slice_masks(target_indices, start, stop)
         return batch
@@ -94,13 +98,15 @@ def collapse_statistics(features: torch.Tensor, max_rows: int = 2048) -> dict[st
 
     Returns the mean over dimensions of the per-dimension standard deviation across tokens (near 0 when all
     tokens map to one point) and the effective rank (exp of the entropy of the normalised singular values of
-    the centred features; near 1 when they span one direction, up to D when they use every dimension)."""
+    the centred features; near 1 when they span one direction, up to D when they use every dimension), with the
+    largest effective rank these rows could have, `min(rows, D)`, to read it against."""
     features = features.detach().float().reshape(-1, features.shape[-1])[:max_rows]
     centred = features - features.mean(dim=0, keepdim=True)
     singular_values = torch.linalg.svdvals(centred)
     weights = singular_values / singular_values.sum().clamp_min(1e-12)
     entropy = -(weights * weights.clamp_min(1e-12).log()).sum()
-    return {"feature_std": features.std(dim=0).mean().item(), "effective_rank": entropy.exp().item()}
+    return {"feature_std": features.std(dim=0).mean().item(), "effective_rank": entropy.exp().item(),
+            "effective_rank_max": min(features.shape)}
 
 
 def out_of_time(accelerator, started: float, max_minutes: float | None) -> bool:

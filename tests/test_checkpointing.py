@@ -60,7 +60,7 @@ def test_resuming_a_checkpoint_without_some_tensors_is_refused_naming_the_file(r
 
 
 def test_probing_a_folder_without_its_tensors_is_refused(run_copy):
-    from run_linear_probe import load_encoder, parse_args
+    from modeling_ijepa.linear_probe import load_encoder, parse_args
 
     save_file({}, run_copy / "model.safetensors", metadata={"format": "pt"})  # the exported encoder, emptied
     args = parse_args(["--model_name_or_path", str(run_copy), "--output_dir", str(run_copy / "probe")])

@@ -86,3 +86,13 @@ def test_the_whole_optimizer_step_has_no_device_to_host_syncs(tiny_ijepa_config)
         result = step(batch, step=2, epoch=0)
     assert result.updated and result.clipped
     assert syncs.counts == {}
+
+
+def test_ijepa_options_add_no_device_to_host_syncs(tiny_ijepa_config):
+    """Several mask draws per image and the variance-covariance regulariser, both on."""
+    tiny_ijepa_config.variance_loss_weight, tiny_ijepa_config.covariance_loss_weight = 1.0, 0.04
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    context_indices = torch.stack([torch.randperm(64)[:20] for _ in range(6)])  # [B * N, Kc], N = 3 draws
+    target_indices = torch.randint(0, 64, (6, 4, 9))  # [B * N, M, Kt]
+    pixel_values = torch.randn(2, 3, 32, 32)
+    assert count_syncs_of_training_step(model, pixel_values, context_indices, target_indices) == {}

@@ -2,21 +2,28 @@
 index), and batch crops that match torchvision's."""
 
 import io
+import json
 import logging
+import re
+import shutil
 
 import pytest
 import torch
 from datasets import Dataset, Image, load_dataset
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, default_collate
 from torchvision.transforms import v2
+from transformers import AutoModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from modeling_ijepa import MultiBlockMaskCollator, in_memory_images
+import run_pretraining
+from modeling_ijepa import IJepaForPreTraining, MultiBlockMaskCollator, in_memory_images
 from modeling_ijepa.image_data import find_image_column, prepare_image_dataset, pretraining_transform
 from modeling_ijepa.in_memory_images import InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
 from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples
 
 from .conftest import CIFAR10, require
+from .test_run_pretraining import cifar_args, launch, pretraining_weights
 
 # One level of 255 after normalisation by the smallest ImageNet std: the per-example path rounds resized pixels to
 # uint8, this one does not.
@@ -50,11 +57,12 @@ def test_decoding_keeps_every_image_as_stored(cifar, cifar_images):
     assert torch.equal(cifar_images[5], v2.functional.pil_to_tensor(train[5][image_column].convert("RGB")))
 
 
-@pytest.mark.parametrize("image_size", [32, 56, 20])  # the model's resolution; 20 shrinks most crops (antialias)
-def test_same_crops_and_pixels_as_the_per_example_path(cifar, cifar_images, image_size):
+@pytest.mark.parametrize("image_size, flip", [(32, 0.0), (56, 0.0), (20, 0.0), (32, 0.5)])  # 20 shrinks most crops
+def test_same_crops_and_pixels_as_the_per_example_path(cifar, cifar_images, image_size, flip):
     train, image_column = cifar
-    per_example = SeededExamples(prepare_image_dataset(train, image_column, pretraining_transform(image_size)), seed=7)
-    in_memory = InMemoryImages(cifar_images, seed=7)
+    transform = pretraining_transform(image_size, flip_probability=flip)
+    per_example = SeededExamples(prepare_image_dataset(train, image_column, transform), seed=7)
+    in_memory = InMemoryImages(cifar_images, seed=7, flip_probability=flip)
     per_example.set_epoch(3)
     in_memory.set_epoch(3)
     indices = [0, 1, 17, 42, 95]
@@ -241,3 +249,64 @@ def test_two_processes_see_the_batch_of_one(cifar_images):
     halves = [process_batch(2, index) for index in range(2)]
     for key in ("pixel_values", "context_indices", "target_indices"):
         torch.testing.assert_close(torch.cat([half[key] for half in halves]), one[key], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------ run_pretraining --in_memory_data
+
+
+def test_an_in_memory_run_trains_and_exports(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--in_memory_data", "--horizontal_flip", "0.5",
+                                            "--max_train_steps", "3"))
+    assert state["global_step"] == 3 and state["images_seen"] == 48
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in state["log_history"])
+    encoder = AutoModel.from_pretrained(tmp_path)
+    trained = IJepaForPreTraining.from_pretrained(tmp_path / "pretraining")
+    for name, value in trained.target_encoder.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name
+    assert "data_path: in-memory" in (tmp_path / "README.md").read_text()
+
+
+def test_a_resumed_in_memory_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    # 4 batches per epoch: 6 steps cross an epoch, and checkpoint 2 is mid-epoch.
+    args = ["--in_memory_data", "--horizontal_flip", "0.5", "--max_train_steps", "6", "--checkpointing_steps", "2",
+            "--checkpoints_total_limit", "5"]
+    run_pretraining.main(cifar_args(tmp_path / "full", *args))
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    state = run_pretraining.main(cifar_args(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest"))
+    assert state["global_step"] == 6
+    expected = pretraining_weights(tmp_path / "full" / "pretraining")
+    resumed = pretraining_weights(tmp_path / "resumed" / "pretraining")
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+
+
+def test_two_in_memory_processes_match_one(tmp_path):
+    launch(tmp_path / "two", 2, 8, tmp_path / "out2", "--in_memory_data", "--horizontal_flip", "0.5")
+    launch(tmp_path / "one", 1, 16, tmp_path / "out1", "--in_memory_data", "--horizontal_flip", "0.5")
+    assert json.loads((tmp_path / "two" / "rank0.json").read_text()) == json.loads(
+        (tmp_path / "two" / "rank1.json").read_text())
+    two = load_file(tmp_path / "two" / "rank0.safetensors")
+    one = load_file(tmp_path / "one" / "rank0.safetensors")
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_over_the_memory_limit_the_run_says_so_and_trains_per_example(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        state = run_pretraining.main(cifar_args(tmp_path, "--in_memory_data", "--max_in_memory_gib", "1e-6",
+                                                "--max_train_steps", "2"))
+    assert state["global_step"] == 2
+    assert re.search(r"--in_memory_data: 64 images of 3x32x32 \(uint8\) need 0\.00 GiB in memory, above the in-memory "
+                     r"limit of 0\.00 GiB\. Using the per-example path instead\.", caplog.text)
+    assert "data_path: per-example (over the in-memory limit)" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--horizontal_flip", "1.5"], "--horizontal_flip is a probability"),
+    (["--max_in_memory_gib", "0"], "--max_in_memory_gib must be positive"),
+    (["--in_memory_data", "--modality", "video"], "--in_memory_data applies to images"),
+])
+def test_bad_in_memory_arguments_are_refused(extra, message):
+    with pytest.raises(ValueError, match=message):
+        run_pretraining.parse_args(extra)

@@ -12,8 +12,8 @@ from modeling_ijepa import IJepaForPreTraining
 from modeling_ijepa.export import save_encoder_for_transformers
 from modeling_ijepa.metrics import TopKAccuracy
 from modeling_ijepa.probing import knn_scores, samples_per_class_subset, stratified_sample, sweep_edges
-from run_linear_probe import main as probe_main
-from run_linear_probe import parse_args, run_probes, split_description
+from modeling_ijepa.linear_probe import main as probe_main
+from modeling_ijepa.linear_probe import parse_args, run_probes, split_description
 
 from .conftest import CIFAR10, OFFICIAL, VIDEO_TINY, require
 
@@ -326,7 +326,7 @@ def test_mae_encoder_is_probed_on_every_patch_without_its_cls_token(tmp_path):
     ViTMAEModel(config).save_pretrained(tmp_path / "mae")
     results = probe_main(["--model_name_or_path", str(tmp_path / "mae"), "--output_dir", str(tmp_path / "out"), *FAST])
     assert results["features"]["dim"] == 32 and results["linear_top1"] > 0.3
-    from run_linear_probe import load_encoder, parse_args
+    from modeling_ijepa.linear_probe import load_encoder, parse_args
 
     assert load_encoder(parse_args(["--model_name_or_path", str(tmp_path / "mae")])).config.mask_ratio == 0.0
 
@@ -359,7 +359,7 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
     data = {"features": features, "labels": labels}
     args = parse_args(["--model_name_or_path", "unused", "--linear_max_iter", "20",
                        "--linear_weight_decays", "1e-4", "1e-2", "1e-1"])  # fmt: skip
-    with caplog.at_level("WARNING", logger="run_linear_probe"):
+    with caplog.at_level("WARNING", logger="modeling_ijepa.linear_probe"):
         results = run_probes(data, data, 2, args, "cpu")
 
     assert results["linear_probe"]["chosen"] == {"weight_decay": 1e-4}
@@ -372,6 +372,6 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
 
     args.linear_weight_decays = [1e-2]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="run_linear_probe"):
+    with caplog.at_level("WARNING", logger="modeling_ijepa.linear_probe"):
         assert run_probes(data, data, 2, args, "cpu")["linear_probe"]["at_sweep_edge"] == {}
     assert not caplog.records

@@ -510,6 +510,7 @@ def test_3d_distribution_matches_reference():
         ),
         ({"target_aspect_ratio": "wide"}, r"`target_aspect_ratio` to be a \(min, max\) pair of numbers, got 'wide'"),
         ({"min_context_patches": -1}, r"`min_context_patches` to be an int >= 0, got -1"),
+        ({"num_mask_draws": 0}, r"`num_mask_draws` to be an int >= 1, got 0"),
         ({"seed": -3}, r"`seed` to be None or an int >= 0, got -3"),
     ],
 )
@@ -563,3 +564,57 @@ def test_bad_epoch_and_batch_size():
         collator.set_epoch(0, start_batch=1.5)
     with pytest.raises(ValueError, match=r"`batch_size` to be an int >= 1, got 0"):
         collator.sample_indices(0)
+
+
+# ------------------------------------------------------------------------------ several mask draws per image
+
+
+@pytest.mark.parametrize("options", [{}, {"full_range_placement": True, "random_subset": True}])
+def test_one_mask_draw_is_the_collator_without_the_option(options):
+    default = MultiBlockMaskCollator(32, 4, seed=3, **options)
+    one = MultiBlockMaskCollator(32, 4, seed=3, num_mask_draws=1, **options)
+    assert same_batches(batches(default, 4, 6), batches(one, 4, 6))
+
+
+def test_mask_draws_give_n_valid_rows_per_image_grouped_by_image():
+    num_images, num_draws = 5, 3
+    collator = MultiBlockMaskCollator(32, 4, seed=1, num_mask_draws=num_draws, full_range_placement=True)
+    for context, targets in batches(collator, 3, num_images):
+        # Every row is a valid draw on its own, and the batch shares one block size, as the images of a batch do.
+        check_2d(context, targets, (8, 8), num_images * num_draws, 4)
+    # The rows are those of B * N images drawn with the same seed: row i * N + j is draw j of image i.
+    plain = MultiBlockMaskCollator(32, 4, seed=1, full_range_placement=True)
+    collator.set_epoch(0)
+    assert same_batches(batches(collator, 3, num_images), batches(plain, 3, num_images * num_draws))
+    # The draws of one image differ.
+    context, targets = collator.sample_indices(num_images)
+    per_image = targets.view(num_images, num_draws, *targets.shape[1:])
+    assert not all(torch.equal(per_image[i, 0], per_image[i, 1]) for i in range(num_images))
+
+
+def test_mask_draws_call_collates_each_image_once():
+    collator = MultiBlockMaskCollator(32, 4, seed=0, num_mask_draws=2)
+    examples = [{"pixel_values": torch.randn(3, 32, 32), "labels": i} for i in range(3)]
+    batch = collator(examples)
+    assert batch["pixel_values"].shape == (3, 3, 32, 32) and batch["labels"].tolist() == [0, 1, 2]
+    assert batch["context_indices"].shape[0] == 6 and batch["target_indices"].shape[:2] == (6, 4)
+
+
+@pytest.mark.parametrize("num_draws", [1, 3])
+def test_global_batch_collate_keeps_the_draws_of_each_process_examples(num_draws):
+    from modeling_ijepa.training import GlobalBatchMaskCollate
+
+    def make(num_processes, process_index, per_device):
+        collator = MultiBlockMaskCollator(32, 4, seed=7, num_mask_draws=num_draws)
+        return GlobalBatchMaskCollate(collator, per_device, num_processes, process_index)
+
+    examples = [{"pixel_values": torch.randn(3, 32, 32)} for _ in range(4)]
+    whole = make(1, 0, 4)(examples)
+    halves = [make(2, rank, 2)(examples[2 * rank : 2 * rank + 2]) for rank in range(2)]
+    for key in ("context_indices", "target_indices"):
+        assert torch.equal(torch.cat([half[key] for half in halves]), whole[key])
+        assert halves[1][key].shape[0] == 2 * num_draws
+    # One example dropped on process 1 (unreadable): it keeps the N rows of its first example only.
+    short = make(2, 1, 2)(examples[2:3])
+    assert torch.equal(short["context_indices"], whole["context_indices"][2 * num_draws : 3 * num_draws])
+    assert torch.equal(short["target_indices"], whole["target_indices"][2 * num_draws : 3 * num_draws])

@@ -24,14 +24,15 @@ def test_plural(count, noun, expected):
 def render_card(tmp_path, *arguments, num_processes=1, global_step=1, num_examples=1):
     args = run_pretraining.parse_args(
         ["--output_dir", str(tmp_path), "--hidden_size", "96", "--num_hidden_layers", "6", "--num_attention_heads",
-         "1", "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "1", *arguments]
+         "1", "--predictor_hidden_size", "48", "--predictor_num_hidden_layers", "1", "--warmup_steps", "1", *arguments]
     )  # fmt: skip
     accelerator = SimpleNamespace(num_processes=num_processes, mixed_precision="no")
     state = {"global_step": global_step, "images_seen": global_step * num_processes, "batches_per_epoch": 1,
              "log_history": [{"step": global_step, "loss": 0.5}]}  # fmt: skip
     global_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
     values, card_data = run_pretraining.card_contents(
-        args, accelerator, state, num_examples, "fake images", global_batch, SimpleNamespace(warmup_steps=1), 60.0
+        args, accelerator, state, num_examples, "fake images", global_batch,
+        run_pretraining.build_schedules(args, steps_per_epoch=max(1, global_step)), 60.0
     )
     return write_model_card(tmp_path, run_pretraining.MODEL_CARD_TEMPLATE, values, card_data).text
 
@@ -46,6 +47,14 @@ def test_card_states_each_fact_once_with_singular_counts(tmp_path):
     assert "| global batch | 1 (1 process x 1 per device x 1 accumulation step) |" in text
     assert "1 optimizer step, 1 image seen" in text and "(1 example)" in text and "(warmup 1 step)" in text
     assert not re.search(r"\b1 (processes|blocks|heads|steps|images|examples)\b", text)
+
+
+def test_card_reports_the_schedule_values_the_steps_used(tmp_path):
+    text = render_card(tmp_path, "--learning_rate", "1e-3", "--final_lr", "1e-6", global_step=4)
+    # Step 1 is the end of a one-step warmup (the peak), and step 4 of 4 reaches the final learning rate.
+    assert "learning rate 0.001 at step 1, 0.001 at the end of the linear warmup" in text
+    assert "1e-06 at the last step" in text and "weight decay 0.0927 -> 0.4" in text
+    assert "EMA momentum 0.996 at step 1 -> 0.999 at the last step" in text
 
 
 def test_card_counts_in_the_plural(tmp_path):

@@ -244,3 +244,131 @@ def test_activation_checkpointing_gives_same_gradients(tiny_ijepa_config):
     observed = [p.grad for p in model.context_encoder.parameters() if p.grad is not None]
     for a, b in zip(expected, observed):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ options beyond the paper (off by default)
+
+
+def regularised_config(config, variance=1.0, covariance=0.5):
+    weights = {"variance_loss_weight": variance, "covariance_loss_weight": covariance}
+    return IJepaConfig.from_dict({**config.to_dict(), **weights})
+
+
+def test_regulariser_is_off_by_default_and_costs_nothing(tiny_ijepa_config, monkeypatch):
+    from modeling_ijepa import modeling_ijepa
+
+    assert tiny_ijepa_config.variance_loss_weight == tiny_ijepa_config.covariance_loss_weight == 0.0
+
+    def never_called(*args, **kwargs):
+        raise AssertionError("the regulariser ran with both weights 0")
+
+    monkeypatch.setattr(modeling_ijepa, "variance_covariance_loss", never_called)
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    context, target = random_indices()
+    output = model(torch.randn(2, 3, 32, 32), context, target)
+    assert output.prediction_loss is None and output.regularisation_loss is None
+    assert torch.equal(output.loss, torch.nn.functional.smooth_l1_loss(output.predictions, output.targets))
+
+
+def test_variance_covariance_loss_matches_its_definition():
+    from modeling_ijepa.modeling_ijepa import variance_covariance_loss
+
+    features = torch.randn(2, 30, 8) * torch.linspace(0.1, 2.0, 8)  # [B, Kc, D]: some dimensions below unit std
+    flat = features.reshape(-1, 8)
+    variance = torch.relu(1 - torch.sqrt(flat.var(dim=0) + 1e-4)).mean()
+    covariance = torch.cov(flat.T)
+    off_diagonal = (covariance.pow(2).sum() - covariance.diagonal().pow(2).sum()) / 8
+    torch.testing.assert_close(variance_covariance_loss(features, 1.0, 0.0), variance)
+    torch.testing.assert_close(variance_covariance_loss(features, 0.0, 1.0), off_diagonal)
+    torch.testing.assert_close(variance_covariance_loss(features, 2.0, 0.5), 2.0 * variance + 0.5 * off_diagonal)
+    # Collapsed features: every dimension constant pays the full variance term; one shared direction pays covariance.
+    torch.testing.assert_close(variance_covariance_loss(torch.ones(40, 8), 1.0, 0.0), torch.tensor(1 - 1e-2))
+    shared = torch.randn(40, 1).expand(-1, 8)
+    torch.testing.assert_close(variance_covariance_loss(shared, 0.0, 1.0), 7 * shared[:, 0].var() ** 2)
+
+
+def test_regulariser_adds_to_the_loss_and_trains_the_context_encoder(tiny_ijepa_config):
+    model = IJepaForPreTraining(regularised_config(tiny_ijepa_config)).train()
+    context, target = random_indices()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    output = model(pixel_values, context, target)
+    from modeling_ijepa.modeling_ijepa import variance_covariance_loss
+
+    expected = variance_covariance_loss(output.context_hidden_states, 1.0, 0.5)
+    torch.testing.assert_close(output.regularisation_loss, expected)
+    assert output.regularisation_loss > 0
+    torch.testing.assert_close(output.loss, output.prediction_loss + output.regularisation_loss)
+    # The prediction part is the loss of the same model with the option off.
+    model.config.variance_loss_weight = model.config.covariance_loss_weight = 0.0
+    torch.testing.assert_close(model(pixel_values, context, target).loss, output.prediction_loss)
+    # The regulariser alone reaches the context encoder, not the predictor or the (EMA) target encoder.
+    output.regularisation_loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context_encoder.layers.parameters())
+    assert all(p.grad is None for p in model.predictor.parameters())
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+
+
+def test_regulariser_weights_are_saved_with_the_config(tiny_ijepa_config, tmp_path):
+    IJepaForPreTraining(regularised_config(tiny_ijepa_config, 0.25, 0.04)).save_pretrained(tmp_path)
+    loaded = IJepaForPreTraining.from_pretrained(tmp_path).config
+    assert (loaded.variance_loss_weight, loaded.covariance_loss_weight) == (0.25, 0.04)
+    with pytest.raises(ValueError, match="`variance_loss_weight` must be >= 0"):
+        regularised_config(tiny_ijepa_config, -1.0, 0.0)
+
+
+def count_calls(module) -> list:
+    calls = []
+    module.register_forward_hook(lambda _module, args, _output: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_mask_draws_share_one_target_pass_and_match_the_naive_loss(tiny_ijepa_config):
+    num_images, num_draws = 2, 3
+    model = IJepaForPreTraining(tiny_ijepa_config).train()
+    context, target = random_indices(batch_size=num_images * num_draws)  # rows of image i: i*N ... i*N + N - 1
+    pixel_values = torch.randn(num_images, 3, 32, 32)
+    target_calls, context_calls = count_calls(model.target_encoder), count_calls(model.context_encoder)
+    output = model(pixel_values, context, target)
+    assert target_calls == [num_images]  # one pass, on the B images
+    assert context_calls == [num_images * num_draws]  # every draw
+    assert output.predictions.shape == output.targets.shape == (num_images * num_draws, 4, 9, 64)
+    assert output.context_hidden_states.shape == (num_images * num_draws, 20, 64)
+    output.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    # Naively: every draw its own row, with its image repeated (and the target encoder run on each copy).
+    model.zero_grad()
+    naive = model(pixel_values.repeat_interleave(num_draws, dim=0), context, target)
+    assert target_calls == [num_images, num_images * num_draws]
+    torch.testing.assert_close(output.targets, naive.targets)
+    torch.testing.assert_close(output.loss, naive.loss)
+    naive.loss.backward()
+    assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(grads[name], parameter.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_mask_draws_targets_come_from_their_own_image(tiny_ijepa_config):
+    model = IJepaForPreTraining(tiny_ijepa_config)
+    context, target = random_indices(batch_size=4)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    targets = model(pixel_values, context, target).targets
+    for row in range(4):
+        alone = model(pixel_values[row // 2 : row // 2 + 1], context[row : row + 1], target[row : row + 1]).targets
+        torch.testing.assert_close(targets[row : row + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_draws_with_the_regulariser_and_bad_row_counts(tiny_ijepa_config):
+    model = IJepaForPreTraining(regularised_config(tiny_ijepa_config))
+    context, target = random_indices(batch_size=4)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    output = model(pixel_values, context, target)
+    from modeling_ijepa.modeling_ijepa import variance_covariance_loss
+
+    expected = variance_covariance_loss(output.context_hidden_states, 1.0, 0.5)
+    torch.testing.assert_close(output.regularisation_loss, expected)
+    with pytest.raises(ValueError, match="batch size 5 but the pixel values have batch size 2: it needs"):
+        model(pixel_values, torch.cat([context, context[:1]]), target)
+    with pytest.raises(ValueError, match="`target_indices` has batch size 2 but `context_indices` has batch size 4"):
+        model(pixel_values, context, target[:2])

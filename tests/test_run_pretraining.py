@@ -25,7 +25,7 @@ TINY = [
     "--image_size", "32", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "2",
     "--num_attention_heads", "2", "--predictor_hidden_size", "16", "--predictor_num_hidden_layers", "1",
     "--min_context_patches", "2", "--logging_steps", "1", "--monitor_steps", "2", "--warmup_steps", "1",
-    "--learning_rate", "1e-3",
+    "--learning_rate", "1e-3", "--no-probe_after_training",
 ]
 
 
@@ -58,7 +58,7 @@ def test_tiny_run_exports_an_encoder_for_stock_transformers(tmp_path):
     assert "ijepa" in card.data.tags and "training_curves.png" in card.text
 
     # The linear probe runs on what the run exported and records its accuracy in the run's model card.
-    from run_linear_probe import main as probe_main
+    from modeling_ijepa.linear_probe import main as probe_main
 
     results = probe_main(["--model_name_or_path", str(tmp_path), "--dataset_name", str(CIFAR10), "--output_dir",
                           str(tmp_path / "probe"), "--max_train_samples", "200", "--max_eval_samples", "100"])
@@ -320,3 +320,67 @@ def test_readme_says_what_the_progress_bar_shows(tmp_path, monkeypatch):
     assert set(re.split(r",\s+|\s+and\s+", sentence.group(1).replace("\n", " "))) == {
         PROGRESS_BAR_NAMES[key] for key in shown
     }
+
+
+def test_the_end_of_pretraining_probes_against_random_init_and_says_so_in_the_card(tmp_path):
+    # The default data (scikit-learn's digits) has labels and a test split.
+    run_pretraining.main(["--output_dir", str(tmp_path), *TINY, "--max_train_steps", "2",
+                          "--per_device_train_batch_size", "16", "--probe_after_training",
+                          "--probe_max_train_samples", "300", "--probe_max_eval_samples", "100"])
+    comparison = json.loads((tmp_path / "probe" / "comparison.json").read_text())
+    assert comparison["eval_data"] == "test split, 100 of 360 images"
+    card = (tmp_path / "README.md").read_text()
+    assert "## Does pretraining pay off?" in card and comparison["verdict"] in card
+    for encoder in ("pretrained", "random_init"):
+        for metric in ("linear_top1", "knn_top1"):
+            value = comparison[f"{encoder}_{metric}"]
+            assert 0.0 <= value <= 1.0 and f"{100 * value:.1f}%" in card
+    assert comparison["pays_off"] == all(gain > 0 for gain in comparison["gains"].values())
+    assert (tmp_path / "probe_vs_random_init.png").stat().st_size > 1000
+
+
+def test_the_probe_after_training_can_be_turned_off(tmp_path):
+    run_pretraining.main(["--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
+                          "--per_device_train_batch_size", "16", "--no-probe_after_training"])
+    assert "Does pretraining pay off?" not in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "probe").exists()
+
+
+def test_a_probe_that_does_not_beat_random_init_is_a_plain_warning():
+    from modeling_ijepa.pretraining_probe import verdict
+
+    pays_off, sentence = verdict({"linear_top1": 0.02, "knn_top1": -0.081})
+    assert not pays_off and "does not beat random initialisation" in sentence and "kNN -8.1 points" in sentence
+    assert verdict({"linear_top1": 0.02, "knn_top1": 0.1})[0]
+
+
+def test_data_without_a_held_out_split_is_not_probed(tmp_path):
+    from modeling_ijepa.pretraining_probe import labelled_splits
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(2):
+            Image.new("RGB", (8, 8), (index * 90, 0, 0)).save(tmp_path / "images" / label / f"{index}.png")
+    args = run_pretraining.parse_args(["--train_dir", str(tmp_path / "images")])
+    assert "no held-out split" in labelled_splits(args)
+
+
+def test_a_run_with_the_variance_covariance_regulariser_trains_and_logs_its_parts(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
+                                            "--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"))
+    assert state["global_step"] == 2
+    config = IJepaForPreTraining.from_pretrained(tmp_path / "pretraining").config
+    assert (config.variance_loss_weight, config.covariance_loss_weight) == (1.0, 0.04)
+    entries = state["log_history"]
+    assert entries and all(entry["regularisation_loss"] > 0 for entry in entries)
+    for entry in entries:
+        assert entry["loss"] == pytest.approx(entry["prediction_loss"] + entry["regularisation_loss"], rel=1e-5)
+
+
+def test_a_run_with_several_mask_draws_per_image_trains(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
+                                            "--num_mask_draws", "2"))
+    assert state["global_step"] == 2 and state["images_seen"] == 32  # images, not draws
+    assert all("regularisation_loss" not in entry for entry in state["log_history"])
+    with pytest.raises(ValueError, match="--num_mask_draws is an image"):
+        run_pretraining.parse_args(["--modality", "video", "--num_mask_draws", "2"])

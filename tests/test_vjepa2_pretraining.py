@@ -107,7 +107,7 @@ def test_tiny_run_card_is_a_stock_vjepa2_card_with_the_predictor_note(tiny_run):
 
 
 def test_video_probe_runs_on_the_vjepa2_folder(tiny_run):
-    from run_linear_probe import main as probe_main
+    from modeling_ijepa.linear_probe import main as probe_main
 
     output_dir, _ = tiny_run
     labelled = require(VIDEO_TINY / "labelled")

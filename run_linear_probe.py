@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
+
+    python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \
+        --output_dir outputs/probe_cifar10
+
+`python run_linear_probe.py --help` lists every argument; the work is done by `modeling_ijepa.linear_probe`.
+"""
+
+from modeling_ijepa.linear_probe import main
+
+if __name__ == "__main__":
+    main()
