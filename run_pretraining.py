@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
 """I-JEPA (images) and V-JEPA (video) self-supervised pretraining with Accelerate.
 
     accelerate launch run_pretraining.py --config configs/cifar10_vit_tiny.yaml --output_dir outputs/cifar10
@@ -12,7 +13,6 @@ download. At the end `--output_dir` holds the target encoder in transformers' fo
 import contextlib
 import functools
 import json
-import logging
 import math
 import os
 import time
@@ -54,7 +54,8 @@ from modeling_ijepa.image_data import (
     prepare_image_dataset,
     pretraining_transform,
 )
-from modeling_ijepa.in_memory_images import GIB, InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
+from modeling_ijepa.in_memory_images import GIB, InMemoryImages, InMemoryLimitExceeded, decode_images, pixel_values_of
+from modeling_ijepa.logging_setup import configure_logging
 from modeling_ijepa.model_card import plot_training_curves, write_model_card
 from modeling_ijepa.optimization import NonFiniteLossError, PretrainingStep, build_optimizer
 from modeling_ijepa.pretraining_probe import probe_against_random_init
@@ -501,7 +502,7 @@ def build_accelerator(args) -> Accelerator:
         project_dir=args.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging(accelerator.is_local_main_process)
     logger.info(accelerator.state, main_process_only=False)
     if mixed_precision_in_use(accelerator) != accelerator.mixed_precision:
         logger.warning(f"--mixed_precision {accelerator.mixed_precision} is not supported on {accelerator.device.type}: "
@@ -631,9 +632,7 @@ def train(args, step_callback=None):
             state["num_skipped"] += batch.pop("num_skipped", 0)
             if "context_indices" not in batch:  # every example of this batch was unreadable
                 continue
-            if "images" in batch:  # --in_memory_data: crop, flip and normalise the whole batch on the device
-                batch["pixel_values"] = resized_crops(batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips"),
-                                                      args.image_size)
+            batch = pixel_values_of(batch, args.image_size)  # --in_memory_data: crops made on the device
             inputs = model_inputs(batch, args.modality)
             result = train_step(inputs, step=state["global_step"] + 1, epoch=epoch)
             skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)

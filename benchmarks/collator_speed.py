@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Speed of the mask collators against straightforward per-sample samplers with the reference semantics.
 
     python benchmarks/collator_speed.py [--rounds 30] [--calls-per-round 10] [--num-threads 1]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Data pipeline throughput: decode + random resized crop + normalise + mask collation, through a DataLoader
 with workers, as run_pretraining.py builds it, against what the model consumes.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Feature extraction: our IJepaModel against stock transformers.IJepaModel, same weights, same attention.
 
     python benchmarks/feature_extraction.py      # ViT-B/16 at 224, batch 64, eval, no grad

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training-step throughput, model FLOPs utilisation and peak memory of the paper's models on a GPU.
 
     python benchmarks/gpu_train_step.py                       # ViT-H/14 and ViT-L/16 at 224, bf16, batch 128

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Images/s of run_pretraining's two image data paths, side by side, on the CPU.
 
     python benchmarks/in_memory_data.py --dataset_name ../shared/data/cifar10

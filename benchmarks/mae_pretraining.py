@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """MAE pretraining with Accelerate: the baseline of `quality_cifar10.py`, on I-JEPA's data path.
 
     python benchmarks/mae_pretraining.py --dataset_name ../shared/data/cifar10 --image_size 32 --patch_size 4 \
@@ -17,7 +18,6 @@ when used as a feature extractor), an image processor, and `training_log.jsonl`.
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -33,8 +33,10 @@ from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_ijepa.arguments import add_image_data_arguments  # noqa: E402
+from modeling_ijepa.in_memory_images import pixel_values_of  # noqa: E402
 from modeling_ijepa.export import image_processor_for  # noqa: E402
 from modeling_ijepa.image_data import SkipUnreadable  # noqa: E402
+from modeling_ijepa.logging_setup import configure_logging  # noqa: E402
 from modeling_ijepa.schedules import Schedules  # noqa: E402
 from modeling_ijepa.optimization import apply_schedules, parameter_groups  # noqa: E402
 from modeling_ijepa.training import SeededExamples, out_of_time  # noqa: E402
@@ -120,7 +122,7 @@ def train(args: argparse.Namespace, step_callback=None):
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging(accelerator.is_local_main_process)
     set_seed(args.seed)
     dataset, _ = build_image_dataset(args)
     examples = SeededExamples(dataset, args.seed)
@@ -156,6 +158,7 @@ def train(args: argparse.Namespace, step_callback=None):
         examples.set_epoch(epoch)
         dataloader.set_epoch(epoch)
         for batch in dataloader:
+            batch = pixel_values_of(batch, args.image_size)  # --in_memory_data: crops made on the device
             if "pixel_values" not in batch:  # every example of this batch was unreadable
                 continue
             step = state["global_step"]

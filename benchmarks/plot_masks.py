@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Picture of I-JEPA's multi-block masks: the context and the target blocks drawn over real images.
 
     python benchmarks/plot_masks.py --config configs/cifar10_quality.yaml --output outputs/masks.png

@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
 """Quality: the I-JEPA paper's claims in miniature. I-JEPA against MAE and random initialisation on CIFAR-10,
 each pretrained for the same wall-clock budget, then probed the same way.
 
@@ -62,6 +63,7 @@ from plot_masks import plot_recipe_masks  # noqa: E402
 
 import run_pretraining  # noqa: E402
 from modeling_ijepa import linear_probe  # noqa: E402
+from modeling_ijepa.logging_setup import configure_logging  # noqa: E402
 from modeling_ijepa.model_card import plot_training_curves  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -405,7 +407,7 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
     output_dir, results_dir = Path(args.output_dir), Path(args.results_dir)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Straightforward per-sample samplers with the semantics of the original I-JEPA and V-JEPA mask collators.
 
 They loop over images and blocks in Python with small torch ops, as the originals do

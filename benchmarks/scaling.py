@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """How the cost of a training step grows with batch size and with sequence length (image size).
 
     python benchmarks/scaling.py      # writes benchmarks/results/scaling.json and scaling.png

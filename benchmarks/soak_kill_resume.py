@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# SPDX-License-Identifier: Apache-2.0
 """Soak test of crash safety: SIGKILL a pretraining run many times, resume it each time, compare the end.
 
     python benchmarks/soak_kill_resume.py --kills 12 --total_steps 40 --seed 0

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Training-step throughput and peak memory: ours against the reference implementation's choices.
 
     python benchmarks/train_step.py            # writes benchmarks/results/train_step.json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """I-JEPA and V-JEPA self-supervised pretraining for the Hugging Face ecosystem."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining

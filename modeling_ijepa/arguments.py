@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command-line arguments of the pretraining script, with YAML recipes.
 
 `--config recipe.yaml` sets defaults from a recipe whose keys are argument names; arguments given on the
@@ -15,6 +16,24 @@ from .masking import MultiBlockMaskCollator, _as_range
 logger = logging.getLogger(__name__)
 
 
+PRETRAINING_DESCRIPTION = """I-JEPA (images) and V-JEPA / V-JEPA 2 (video) self-supervised pretraining with Accelerate.
+
+With no dataset argument it pretrains on scikit-learn's bundled digits, which need no download. At the end
+--output_dir holds the target encoder in transformers' format, the full pretraining model in pretraining/, the
+training curves and a model card."""
+
+PRETRAINING_EXAMPLES = """examples:
+  # the CIFAR-10 recipe, one process per device
+  accelerate launch run_pretraining.py --config configs/cifar10_vit_tiny.yaml --output_dir outputs/cifar10
+
+  # a quick run on the bundled digits, on a CPU
+  python run_pretraining.py --config configs/digits_vit_micro.yaml --max_train_steps 50 --output_dir outputs/digits
+
+  # V-JEPA on a folder of videos, resumed from the newest checkpoint
+  accelerate launch run_pretraining.py --config configs/vjepa_vitl16.yaml --train_dir videos/train \\
+      --checkpointing_steps 1000 --resume_from_checkpoint latest"""
+
+
 def float_pair(text: str) -> tuple[float, float]:
     values = [float(value) for value in str(text).replace("(", "").replace(")", "").split(",")]
     if len(values) != 2:
@@ -22,28 +41,60 @@ def float_pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` keeps the description's and epilog's line breaks (they hold example commands) and shows every
+    argument's default."""
+
+
 def add_image_data_arguments(group) -> None:
     """The arguments `run_pretraining.build_image_dataset` reads (also used by the MAE baseline's trainer)."""
-    group.add_argument("--dataset_name", type=str, default=None, help="Hub id or local folder in Hub layout.")
-    group.add_argument("--dataset_config_name", type=str, default=None)
+    group.add_argument(
+        "--dataset_name", type=str, default=None,
+        help="Hub id or local folder in Hub layout; with neither it nor --train_dir, scikit-learn's bundled digits.",
+    )
+    group.add_argument("--dataset_config_name", type=str, default=None, help="Configuration of --dataset_name.")
     group.add_argument("--train_dir", type=str, default=None, help="Image folder, or video folder for --modality video.")
-    group.add_argument("--train_split", type=str, default="train")
-    group.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
-    group.add_argument("--max_train_samples", type=int, default=None)
-    group.add_argument("--cache_dir", type=str, default=None)
+    group.add_argument("--train_split", type=str, default="train", help="Split of --dataset_name to train on.")
+    group.add_argument("--image_column_name", type=str, default=None, help="Image column; detected when absent.")
+    group.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N examples only.")
+    group.add_argument("--cache_dir", type=str, default=None, help="Cache folder of `datasets`.")
     group.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
+    group.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)."
+    )
+    group.add_argument(
+        "--in_memory_data", action="store_true",
+        help="Images: decode the data set once into memory (uint8) and crop, flip and normalise whole batches on the "
+             "training device, with the same per-example random crops as the default path. Above "
+             "--max_in_memory_gib the run warns and uses the default path (the model card records which ran).",
+    )
+    group.add_argument(
+        "--max_in_memory_gib", type=float, default=8.0,
+        help="The most memory, in GiB, that --in_memory_data may take for the decoded images, in each process (every "
+             "process holds its own copy).",
+    )
+    group.add_argument(
+        "--horizontal_flip", type=float, default=0.0,
+        help="Images: probability of a horizontal flip after the random resized crop; 0 (off) as in the reference.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="I-JEPA / V-JEPA pretraining with Accelerate.")
+    parser = argparse.ArgumentParser(
+        prog="run_pretraining.py", description=PRETRAINING_DESCRIPTION, epilog=PRETRAINING_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
     add = parser.add_argument
-    add("--config", type=str, default=None, help="YAML recipe; command-line arguments override its values.")
-    add("--modality", choices=["image", "video"], default="image")
+    add(
+        "--config", type=str, default=None,
+        help="YAML recipe whose keys are argument names; command-line arguments override its values (and with "
+             "--config, --help shows the recipe's values as the defaults).",
+    )
+    add("--modality", choices=["image", "video"], default="image", help="Images train I-JEPA, videos V-JEPA.")
 
     data = parser.add_argument_group("data")
     add_image_data_arguments(data)
-    data.add_argument("--video_column_name", type=str, default=None)
+    data.add_argument("--video_column_name", type=str, default=None, help="Video: video column; detected when absent.")
     data.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
     data.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
     data.add_argument(
@@ -51,22 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="Stop with an error when more than this fraction of the examples read (images) or found (videos) cannot "
              "be decoded; 0 tolerates none, 1 any number.",
     )
-    data.add_argument(
-        "--in_memory_data", action="store_true",
-        help="Images: decode the data set once into memory (uint8) and crop, flip and normalise whole batches on the "
-             "training device, with the same per-example random crops as the default path. Above "
-             "--max_in_memory_gib the run warns and uses the default path (the model card records which ran).",
-    )
-    data.add_argument(
-        "--max_in_memory_gib", type=float, default=8.0,
-        help="The most memory, in GiB, that --in_memory_data may take for the decoded images, in each process (every "
-             "process holds its own copy).",
-    )
-    data.add_argument(
-        "--horizontal_flip", type=float, default=0.0,
-        help="Images: probability of a horizontal flip after the random resized crop; 0 (off) as in the reference.",
-    )
-
     model = parser.add_argument_group("model")
     model.add_argument(
         "--architecture", choices=["vjepa", "vjepa2"], default="vjepa",
@@ -83,20 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
              "must be those it was trained with, and so must --image_size and --num_frames except for V-JEPA 2 "
              "(RoPE has no position table of a fixed size).",
     )
-    model.add_argument("--image_size", type=int, default=224)
-    model.add_argument("--patch_size", type=int, default=16)
-    model.add_argument("--tubelet_size", type=int, default=2)
-    model.add_argument("--hidden_size", type=int, default=768)
-    model.add_argument("--num_hidden_layers", type=int, default=12)
-    model.add_argument("--num_attention_heads", type=int, default=12)
-    model.add_argument("--mlp_ratio", type=float, default=4.0)
-    model.add_argument("--predictor_hidden_size", type=int, default=384)
-    model.add_argument("--predictor_num_hidden_layers", type=int, default=6)
-    model.add_argument("--predictor_num_attention_heads", type=int, default=None)
-    model.add_argument("--uniform_power", action=argparse.BooleanOptionalAction, default=True, help="Video positions.")
-    model.add_argument("--attn_implementation", type=str, default="sdpa", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
-    model.add_argument("--gradient_checkpointing", action="store_true")
-    model.add_argument("--torch_compile", action="store_true")
+    model.add_argument("--image_size", type=int, default=224, help="Side of the square crops (and of the model input).")
+    model.add_argument("--patch_size", type=int, default=16, help="Side of a square patch; divides --image_size.")
+    model.add_argument("--tubelet_size", type=int, default=2, help="Video: frames per patch; divides --num_frames.")
+    model.add_argument("--hidden_size", type=int, default=768, help="Encoder width.")
+    model.add_argument("--num_hidden_layers", type=int, default=12, help="Encoder depth.")
+    model.add_argument("--num_attention_heads", type=int, default=12, help="Encoder attention heads.")
+    model.add_argument("--mlp_ratio", type=float, default=4.0, help="Encoder MLP width over --hidden_size.")
+    model.add_argument("--predictor_hidden_size", type=int, default=384, help="Predictor width (narrower than the encoder).")
+    model.add_argument("--predictor_num_hidden_layers", type=int, default=6, help="Predictor depth.")
+    model.add_argument(
+        "--predictor_num_attention_heads", type=int, default=None,
+        help="Predictor attention heads; the encoder's when not given.",
+    )
+    model.add_argument(
+        "--uniform_power", action=argparse.BooleanOptionalAction, default=True,
+        help="Video (V-JEPA): the 3D sin-cos positions give time, rows and columns equal shares of the channels, as "
+             "the reference does by default.",
+    )
+    model.add_argument(
+        "--attn_implementation", type=str, default="sdpa",
+        choices=["eager", "sdpa", "flash_attention_2", "flex_attention"],
+        help="transformers' attention implementation.",
+    )
+    model.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute activations in the backward pass to save memory."
+    )
+    model.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile.")
     model.add_argument("--variance_loss_weight", type=float, default=0.0,
                        help="Images: weight of a VICReg-style variance term on the context encoder's output "
                             "(as in C-JEPA). 0 (off) reproduces the paper.")
@@ -105,12 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
                             "(as in C-JEPA). 0 (off) reproduces the paper.")
 
     masking = parser.add_argument_group("masking")
-    masking.add_argument("--num_targets", type=int, default=4)
-    masking.add_argument("--target_scale", type=float_pair, default=(0.15, 0.2))
-    masking.add_argument("--target_aspect_ratio", type=float_pair, default=(0.75, 1.5))
-    masking.add_argument("--context_scale", type=float_pair, default=(0.85, 1.0))
-    masking.add_argument("--min_context_patches", type=int, default=10)
-    masking.add_argument("--allow_overlap", action="store_true")
+    masking.add_argument("--num_targets", type=int, default=4, help="Target blocks per image.")
+    masking.add_argument(
+        "--target_scale", type=float_pair, default=(0.15, 0.2), help="Range of a target block's area, 'low,high' (a fraction of the grid)."
+    )
+    masking.add_argument(
+        "--target_aspect_ratio", type=float_pair, default=(0.75, 1.5), help="Range of a target block's aspect ratio, 'low,high'."
+    )
+    masking.add_argument(
+        "--context_scale", type=float_pair, default=(0.85, 1.0),
+        help="Range of the context block's area, 'low,high', before the target patches are removed from it.",
+    )
+    masking.add_argument(
+        "--min_context_patches", type=int, default=10,
+        help="A context left with fewer patches once the targets are removed is drawn again.",
+    )
+    masking.add_argument(
+        "--allow_overlap", action="store_true", help="Keep context patches that fall in a target block (off in the paper)."
+    )
     masking.add_argument("--full_range_placement", action="store_true",
                          help="Let blocks reach the last row and column (the reference never does).")
     masking.add_argument("--random_subset", action="store_true",
@@ -120,26 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
                               "encoder. 1 reproduces the paper.")
 
     optimisation = parser.add_argument_group("optimisation")
-    optimisation.add_argument("--per_device_train_batch_size", type=int, default=8)
-    optimisation.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optimisation.add_argument("--num_train_epochs", type=int, default=1)
+    optimisation.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
+    optimisation.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated into one optimizer step."
+    )
+    optimisation.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
     optimisation.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
     optimisation.add_argument(
         "--max_train_minutes", type=float, default=None,
         help="Stop (and export) after this much training time; the schedules still follow the step count.",
     )
     optimisation.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
-    optimisation.add_argument("--start_lr", type=float, default=2e-4)
-    optimisation.add_argument("--final_lr", type=float, default=1e-6)
-    optimisation.add_argument("--warmup_epochs", type=float, default=0.0)
+    optimisation.add_argument("--start_lr", type=float, default=2e-4, help="Learning rate at the start of the warmup.")
+    optimisation.add_argument("--final_lr", type=float, default=1e-6, help="Learning rate at the end of the cosine decay.")
+    optimisation.add_argument("--warmup_epochs", type=float, default=0.0, help="Linear learning-rate warmup, in epochs.")
     optimisation.add_argument("--warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
-    optimisation.add_argument("--weight_decay", type=float, default=0.04)
-    optimisation.add_argument("--final_weight_decay", type=float, default=0.4)
-    optimisation.add_argument("--ema_momentum", type=float, default=0.996)
-    optimisation.add_argument("--final_ema_momentum", type=float, default=1.0)
-    optimisation.add_argument("--momentum_schedule", choices=["linear", "cosine"], default="linear")
-    optimisation.add_argument("--adam_beta1", type=float, default=0.9)
-    optimisation.add_argument("--adam_beta2", type=float, default=0.999)
+    optimisation.add_argument(
+        "--weight_decay", type=float, default=0.04,
+        help="Weight decay at the start of its cosine schedule (biases and 1-D parameters are not decayed).",
+    )
+    optimisation.add_argument("--final_weight_decay", type=float, default=0.4, help="Weight decay at the end.")
+    optimisation.add_argument(
+        "--ema_momentum", type=float, default=0.996, help="Momentum of the target encoder's EMA at the start."
+    )
+    optimisation.add_argument("--final_ema_momentum", type=float, default=1.0, help="EMA momentum at the end.")
+    optimisation.add_argument(
+        "--momentum_schedule", choices=["linear", "cosine"], default="linear",
+        help="Shape of the EMA momentum's rise from --ema_momentum to --final_ema_momentum.",
+    )
+    optimisation.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW's beta1.")
+    optimisation.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW's beta2.")
     optimisation.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's epsilon.")
     optimisation.add_argument(
         "--ipe_scale", type=float, default=1.0,
@@ -155,19 +225,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="Clip (--max_grad_norm) only in the epochs after the warmup epochs (0-based epoch index > "
              "--warmup_epochs), as the reference V-JEPA does.",
     )
-    optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optimisation.add_argument(
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
+    )
     optimisation.add_argument(
         "--matmul_precision", choices=["highest", "high", "medium"], default=None,
         help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
              "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
              "the CPU's SDPA kernel slows down in that mode.",
     )
-    optimisation.add_argument("--seed", type=int, default=0)
-    optimisation.add_argument("--on_nonfinite_loss", choices=["error", "skip"], default="error")
+    optimisation.add_argument("--seed", type=int, default=0, help="Seed of the initialisation, data order, crops and masks.")
+    optimisation.add_argument(
+        "--on_nonfinite_loss", choices=["error", "skip"], default="error",
+        help="On a NaN or infinite loss: stop with an error, or skip the batch (many in a row still stop the run).",
+    )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", type=str, default="outputs/ijepa")
-    output.add_argument("--checkpointing_steps", type=str, default=None, help="An integer, or 'epoch'.")
+    output.add_argument(
+        "--output_dir", type=str, default="outputs/ijepa",
+        help="Where the exported encoder, the pretraining model, checkpoints, curves and the model card go.",
+    )
+    output.add_argument(
+        "--checkpointing_steps", type=str, default=None,
+        help="Save a resumable checkpoint every N optimizer steps (an integer) or at the end of every 'epoch'.",
+    )
     output.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest K checkpoints.")
     output.add_argument(
         "--resume_from_checkpoint", type=str, default=None,
@@ -179,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Resume a checkpoint even though the model, data, batch size, seed, schedules or masking differ from "
              "those it was trained with (the differences are logged). Without it such a resume is refused.",
     )
-    output.add_argument("--logging_steps", type=int, default=10)
+    output.add_argument("--logging_steps", type=int, default=10, help="Log the loss and schedules every N steps.")
     output.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
 
     probe = parser.add_argument_group("probe after training (images with labels)")
@@ -200,10 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--report_to", type=str, default=None,
         help="An Accelerate tracker (tensorboard, wandb, ...; its package must be installed), or 'all' installed ones.",
     )
-    output.add_argument("--push_to_hub", action="store_true")
-    output.add_argument("--hub_model_id", type=str, default=None)
-    output.add_argument("--hub_token", type=str, default=None)
-    output.add_argument("--hub_private_repo", action="store_true")
+    output.add_argument("--push_to_hub", action="store_true", help="Upload --output_dir to the Hub at the end.")
+    output.add_argument(
+        "--hub_model_id", type=str, default=None, help="Hub repository to push to (e.g. your-name/ijepa-vit-tiny)."
+    )
+    output.add_argument(
+        "--hub_token", type=str, default=None, help="Hub token; the one of `hf auth login` when not given."
+    )
+    output.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
     return parser
 
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Crash-safe training checkpoints made of safetensors and JSON only (no pickle).
 
 A checkpoint is a folder `checkpoint-{step}` holding

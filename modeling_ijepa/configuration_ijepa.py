@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """I-JEPA configuration: transformers' encoder fields plus the predictor."""
 
 from transformers import IJepaConfig as StockIJepaConfig

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """V-JEPA configuration: the video ViT encoder (tubelet patches, 3D sin-cos positions) and the predictor."""
 
 from transformers import PreTrainedConfig

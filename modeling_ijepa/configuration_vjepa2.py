@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """V-JEPA 2 configuration: transformers' `vjepa2` fields (encoder and predictor, both with 3D RoPE) plus the loss."""
 
 from huggingface_hub.dataclasses import strict

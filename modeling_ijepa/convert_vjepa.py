@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Convert checkpoints of the reference V-JEPA code (facebookresearch/jepa) into `VJepaForPreTraining`.
 
 Used through `python -m modeling_ijepa.convert_official`, which recognises video checkpoints by their 3D patch
@@ -11,8 +12,8 @@ import math
 import torch
 
 from .configuration_vjepa import VJepaConfig
-from .convert_official import encoder_sizes, load_networks, strip_prefix
 from .modeling_vjepa import VJepaForPreTraining, sincos_3d
+from .reference_checkpoints import encoder_sizes, load_networks, strip_prefix
 
 logger = logging.getLogger(__name__)
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Convert checkpoints of the reference V-JEPA 2 code (facebookresearch/vjepa2) and export for stock transformers.
 
     python -m modeling_ijepa.convert_vjepa2 --checkpoint vitl.pt --output_dir out --num_attention_heads 16 \
@@ -20,9 +21,10 @@ from pathlib import Path
 import torch
 
 from .configuration_vjepa2 import VJepa2Config
-from .convert_official import count_blocks, load_reference_checkpoint, strip_prefix
 from .export import export_vjepa2, video_processor_for
+from .logging_setup import configure_logging
 from .modeling_vjepa2 import VJepa2ForPreTraining
+from .reference_checkpoints import count_blocks, load_reference_checkpoint, strip_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    configure_logging()
     args = parse_args(argv)
     model = convert_vjepa2(
         load_reference_checkpoint(args.checkpoint),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Writing an encoder folder that stock transformers loads: weights, config and image or video processor."""
 
 from pathlib import Path

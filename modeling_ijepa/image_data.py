@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Image datasets for pretraining and probing: loading, column detection, safe decoding, transforms.
 
 Images are decoded by us (the dataset column is cast to `Image(decode=False)`), so that a corrupt or truncated

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pretraining images held in memory: decoded once into a uint8 tensor, cropped and normalised a whole batch at a
 time on the training device.
 
@@ -246,3 +247,13 @@ def resized_crops(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.T
     resized_rows = torch.bmm(rows.repeat_interleave(channels, dim=0), pixels.view(-1, height, width))
     resized = torch.bmm(resized_rows, columns.transpose(1, 2).repeat_interleave(channels, dim=0))
     return resized.view(batch_size, channels, size, size)
+
+
+def pixel_values_of(batch: dict, size: int) -> dict:
+    """A batch of `InMemoryImages` (uint8 `images`, `crop_boxes`, `flips`) with those replaced by normalised
+    `pixel_values` [B, 3, size, size], made on the batch's device; any other batch as it is. Every training loop calls
+    it on each batch, so a loop works with both data paths."""
+    if "images" in batch:
+        batch["pixel_values"] = resized_crops(batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips"), size)
+    return batch
+

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
 
     python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \
@@ -28,20 +29,19 @@ import argparse
 import functools
 import itertools
 import json
-import logging
 import os
 import time
 from pathlib import Path
 
 import datasets
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from datasets import ClassLabel, Value
 from torch.utils.data import DataLoader, Subset, default_collate
 from transformers import AutoConfig, AutoModel, VJEPA2Model
 
+from .arguments import HelpFormatter
 from .checkpointing import check_loaded_weights
 from .convert_official import convert_checkpoint
 from .export import vjepa2_resize_size
@@ -54,6 +54,7 @@ from .image_data import (
     load_image_dataset,
     prepare_image_dataset,
 )
+from .logging_setup import configure_logging
 from .metrics import TopKAccuracy
 from .model_card import plural
 from .modeling_ijepa import IJepaModel
@@ -92,9 +93,28 @@ LOAD_OVERRIDES = {"vit_mae": {"mask_ratio": 0.0}}
 FORWARD_ARGUMENTS = {"vjepa2": {"skip_predictor": True}}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modality", choices=["image", "video"], default="image")
+PROBE_EXAMPLES = """examples:
+  # an exported encoder on CIFAR-10
+  python run_linear_probe.py --model_name_or_path outputs/cifar10 --dataset_name uoft-cs/cifar10 \\
+      --output_dir outputs/probe_cifar10
+
+  # the baseline: the same architecture at random initialisation, low-shot (10 labelled digits per class)
+  python run_linear_probe.py --model_name_or_path outputs/digits --random_init --samples_per_class 10 \\
+      --output_dir outputs/probe_digits_random
+
+  # a reference V-JEPA checkpoint on labelled video folders
+  python run_linear_probe.py --modality video --model_name_or_path vitl16.pth.tar --num_attention_heads 16 \\
+      --train_dir videos/train --validation_dir videos/val --output_dir outputs/probe_video"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `run_linear_probe.py`."""
+    parser = argparse.ArgumentParser(
+        prog="run_linear_probe.py", description=__doc__, epilog=PROBE_EXAMPLES, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--modality", choices=["image", "video"], default="image", help="Images or videos (video needs folders)."
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -127,25 +147,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--dataset_name", type=str, default=None, help=f"Hub id or local Hub-layout folder (default: {DIGITS_NAME})."
+        "--dataset_name", type=str, default=None,
+        help=f"Hub id or local Hub-layout folder; with neither it nor --train_dir, {DIGITS_NAME}.",
     )
-    data.add_argument("--dataset_config_name", type=str, default=None)
+    data.add_argument("--dataset_config_name", type=str, default=None, help="Configuration of --dataset_name.")
     data.add_argument(
         "--train_dir", type=str, default=None, help="Folder with one sub-folder of images/videos per class."
     )
     data.add_argument(
         "--validation_dir", type=str, default=None, help="Same layout; evaluated instead of --eval_split."
     )
-    data.add_argument("--image_column_name", type=str, default=None, help="Detected when absent.")
-    data.add_argument("--label_column_name", type=str, default=None, help="Detected when absent.")
-    data.add_argument("--train_split", type=str, default="train")
-    data.add_argument("--eval_split", type=str, default="test")
+    data.add_argument("--image_column_name", type=str, default=None, help="Image column; detected when absent.")
+    data.add_argument("--label_column_name", type=str, default=None, help="Label column; detected when absent.")
+    data.add_argument("--train_split", type=str, default="train", help="Split the probes are fit on.")
+    data.add_argument("--eval_split", type=str, default="test", help="Split the probes are evaluated on, once.")
     data.add_argument("--max_train_samples", type=int, default=None, help="Seeded random subset of the training split.")
     data.add_argument("--max_eval_samples", type=int, default=None, help="Seeded random subset of the eval split.")
     data.add_argument("--frame_step", type=int, default=4, help="Video: frames between two sampled frames of a clip.")
     data.add_argument("--cache_dir", type=str, default=None, help="datasets cache.")
     data.add_argument("--per_device_eval_batch_size", type=int, default=64, help="Batch size of feature extraction.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)."
+    )
 
     probe = parser.add_argument_group("probes")
     probe.add_argument(
@@ -159,12 +182,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="L2 strengths swept for the linear probe (logistic regression: mean cross-entropy + wd/2 * |W|^2).",
     )
     probe.add_argument("--linear_max_iter", type=int, default=1000, help="L-BFGS iterations of the linear probe.")
-    probe.add_argument("--attentive_learning_rates", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
-    probe.add_argument("--attentive_weight_decays", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
-    probe.add_argument("--attentive_epochs", type=int, default=100)
-    probe.add_argument("--attentive_batch_size", type=int, default=256)
-    probe.add_argument("--knn_k", type=int, default=20)
-    probe.add_argument("--knn_temperature", type=float, default=0.07)
+    probe.add_argument(
+        "--attentive_learning_rates", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2],
+        help="Video: AdamW learning rates swept for the attentive probe.",
+    )
+    probe.add_argument(
+        "--attentive_weight_decays", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1],
+        help="Video: AdamW weight decays swept for the attentive probe.",
+    )
+    probe.add_argument("--attentive_epochs", type=int, default=100, help="Video: training epochs of the attentive probe.")
+    probe.add_argument("--attentive_batch_size", type=int, default=256, help="Video: batch size of the attentive probe.")
+    probe.add_argument("--knn_k", type=int, default=20, help="Neighbours of the weighted kNN classifier.")
+    probe.add_argument(
+        "--knn_temperature", type=float, default=0.07, help="Temperature of the kNN's similarity weights."
+    )
     low_shot = probe.add_mutually_exclusive_group()
     low_shot.add_argument(
         "--samples_per_class", type=int, default=None, help="Low-shot: N labelled examples per class."
@@ -174,12 +205,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
 
     output = parser.add_argument_group("output")
-    output.add_argument("--output_dir", type=str, default="outputs/linear_probe")
-    output.add_argument("--seed", type=int, default=0)
+    output.add_argument(
+        "--output_dir", type=str, default="outputs/linear_probe",
+        help="Where the feature cache and probe_results.json go.",
+    )
+    output.add_argument("--seed", type=int, default=0, help="Seed of the subsets, the held-out part and the probes.")
     output.add_argument(
         "--no_update_model_card", action="store_true", help="Leave the model folder's README.md model card as it is."
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     check_args(args)
     return args
 
@@ -668,10 +706,7 @@ def main(argv=None) -> dict:
     """The `run_linear_probe.py` command: parse `argv`, probe, write `probe_results.json`; returns the results."""
     args = parse_args(argv)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    if accelerator.is_local_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
+    configure_logging(accelerator.is_local_main_process)
     if accelerator.num_processes > 1:
         raise ValueError("Probing runs on one process: launch it with `python`, not several `accelerate` processes.")
     return probe(args, accelerator)

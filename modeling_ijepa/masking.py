@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Multi-block mask collators for I-JEPA (images) and V-JEPA (videos).
 
 Both collators turn a list of examples into a batch plus the patch indices that the context

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Top-k accuracy as an `evaluate` metric that works offline.
 
 `evaluate.load("accuracy")` downloads the metric's script from the Hub; this module defines the metric in the

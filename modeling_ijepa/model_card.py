@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Model cards and training-curve pictures for pretraining runs."""
 
 import json

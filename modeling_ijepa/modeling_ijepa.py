@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """I-JEPA: the ViT encoder, the narrow predictor and the pretraining model (Assran et al., CVPR 2023).
 
 The encoder reuses transformers' I-JEPA layers and parameter names, so the target encoder exported after

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """V-JEPA: the video ViT encoder, the predictor and the pretraining model (Bardes et al., 2024).
 
 The blocks are transformers' I-JEPA layers and the parameter names follow our I-JEPA models; what differs is the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """V-JEPA 2 pretraining (Assran et al., 2025): context encoder, EMA target encoder, RoPE predictor and loss.
 
 transformers ships V-JEPA 2 for inference (`VJEPA2Model`: encoder and predictor), with no EMA target, no loss and no

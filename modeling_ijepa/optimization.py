@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The optimisation step of JEPA pretraining, the reference's step in one library function.
 
 `run_pretraining.py` trains through `PretrainingStep`, and the trajectory tests replay the reference's own training

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Does pretraining pay off? The check that ends a pretraining run on labelled images.
 
 The exported encoder and the same architecture at random initialisation are probed with the same cheap settings

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Frozen-feature evaluation: feature extraction with an on-disk cache, linear and attentive probes with a
 hyperparameter sweep, kNN, low-shot subsets and model-card results.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Control of a training run's processes: one run per output folder, and a clean stop when the cluster preempts it.
 
 - `OutputDirLock`: an exclusive lock on `--output_dir`, so that a second run (or a requeued copy of a run whose

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The I-JEPA / V-JEPA schedules as pure functions of the optimizer step, so a resumed run continues them exactly.
 
 Steps count from 1: `value(k)` is what the k-th optimizer step uses. The reference advances its scheduler

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pieces of the pretraining loop: deterministic per-example randomness, mask collation that is identical
 across process counts, the collapse monitor and the wall-clock limit."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared paths and tiny configurations for the test suite."""
 
 import os

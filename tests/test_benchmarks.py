@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The benchmark scripts run (on tiny settings); their numbers are not checked here, only that they are produced."""
 
 import json

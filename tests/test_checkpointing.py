@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """No silent garbage from a damaged or mismatched state: strict loading for resume, probing and conversion; no
 non-finite checkpoint is ever written and `latest` skips damaged ones; a resume must continue the same run.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The training step reads nothing back to the host.
 
 On an accelerator a read of a tensor's value on the host waits until every queued kernel is done, so the host cannot

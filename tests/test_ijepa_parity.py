@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Parity with the reference I-JEPA implementation, through the checkpoint converter."""
 
 import pytest

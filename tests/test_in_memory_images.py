@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The in-memory image path: decoding once under a memory limit, per-example crops seeded by (seed, epoch,
 index), and batch crops that match torchvision's."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Frozen-feature probes (`run_linear_probe.py`, `modeling_ijepa.probing`): end to end on real images and
 videos, the feature cache, low-shot subsets, the offline metric, model-card results and clear errors."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests of the multi-block mask collators: invariants, seeding, termination, and agreement with the reference."""
 
 import copy

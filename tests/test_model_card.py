@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The pretraining model card (`modeling_ijepa.model_card`, `run_pretraining.card_contents` and its template),
 rendered from small fake values: no training needed."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Behaviour of the I-JEPA config, encoder, predictor and pretraining model."""
 
 import pytest

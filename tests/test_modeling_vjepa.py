@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Behaviour of the V-JEPA config, encoder, predictor and pretraining model, and loading with remote code."""
 
 import logging

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Smoke test of `benchmarks/quality_cifar10.py`: the whole pipeline (calibration, I-JEPA and MAE pretraining for a
 few seconds, six probe runs, results, pictures) on a tiny model and a few hundred CIFAR-10 images."""
 

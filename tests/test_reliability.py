@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reliability of pretraining: crash-safe and exactly resumable under SIGKILL, clear failures on a full or
 read-only disk and on a diverging loss, no code run from untrusted checkpoints, robust to bad images and bad
 arguments.

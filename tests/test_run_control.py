@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One run per output folder, and preemption: SIGTERM or SIGUSR1 stops every process after its current step, they
 write a checkpoint together and exit with `PREEMPTION_EXIT_CODE`; the resumed run ends bitwise equal to an
 uninterrupted one. Real signals, to real processes: one `python run_pretraining.py`, and two processes started by

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """End-to-end behaviour of run_pretraining.py: export, resume, multi-process, Hub upload, bad input."""
 
 import json

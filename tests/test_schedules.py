@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The schedules count optimizer steps from 1, as the reference does (its counters advance before they are read)."""
 
 import math

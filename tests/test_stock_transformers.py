@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Our checkpoints load in stock transformers with no custom code, and give the same outputs."""
 
 import torch

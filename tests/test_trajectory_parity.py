@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Replays the reference implementations' own training runs through the training step that the script uses.
 
 Each `<name>_trajectory.json` fixture (with its `_init.pth.tar` and `_trajectory.safetensors`) holds a reference

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Tests of video decoding, clip transforms and the clip dataset (`modeling_ijepa.video_data`)."""
 
 import logging

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Parity of V-JEPA 2 pretraining with the reference implementation, through the checkpoint converter, and the
 errors for inputs it cannot take."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`run_pretraining.py --architecture vjepa2` end to end on real clips: a tiny run whose folder stock transformers
 loads in a process without our package (target encoder and trained predictor), the video probe on it, continued
 pretraining of a converted reference checkpoint, the recipes, and the errors for what cannot be trained."""

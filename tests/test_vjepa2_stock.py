@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The V-JEPA 2 export loads in stock transformers, in a process that cannot import our package, and gives our
 outputs; the stock predictor's equalities are exactly those the model-card note states."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Parity with the reference V-JEPA implementation, through the checkpoint converter."""
 
 import logging

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run pretraining under `accelerate launch` and record every process's weights after every step.
 
 Writes `{record_dir}/rank{i}.json` (a checksum of all parameters, target encoder included, per step) and

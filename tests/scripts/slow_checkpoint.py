@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run pretraining with one moment of a checkpoint write (or of the final export) held open, so that a test
 can SIGKILL the process exactly there.
 

@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The package's shape: no import cycles among its modules, no script imported, the old converter paths work, and
+every Python file starts with the same license line and a docstring."""
+
+import ast
+import subprocess
+import sys
+
+from .conftest import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "modeling_ijepa"
+SCRIPTS = {"run_pretraining", "run_linear_probe"}
+
+
+def module_name(path) -> str:
+    parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path, modules: set[str]) -> set[str]:
+    """The package modules that `path` imports, at module level or inside functions alike."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return {module for module in found if module in modules} - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(path) for path in paths} | SCRIPTS
+    return {module_name(path): imported_modules(path, modules) for path in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == "open":
+                return stack[stack.index(child):] + [child]
+            if child not in state and (cycle := visit(child)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_graph_sees_the_converters():
+    graph = import_graph()
+    assert "modeling_ijepa.reference_checkpoints" in graph["modeling_ijepa.convert_vjepa"]
+    assert "modeling_ijepa.convert_vjepa" in graph["modeling_ijepa.convert_official"]
+
+
+def test_no_import_cycles():
+    assert find_cycle(import_graph()) is None, f"import cycle: {' -> '.join(find_cycle(import_graph()))}"
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_module_imports_a_script():
+    offenders = {module: sorted(imports & SCRIPTS) for module, imports in import_graph().items() if imports & SCRIPTS}
+    assert not offenders
+
+
+def test_old_converter_paths_still_work():
+    code = (
+        "from modeling_ijepa.convert_official import (UnsafeCheckpointError, convert_checkpoint, convert_encoder, "
+        "convert_predictor, load_reference_checkpoint, main, strip_prefix)\n"
+        "from modeling_ijepa.convert_vjepa import convert_vjepa\n"
+        "from modeling_ijepa.convert_vjepa2 import convert_vjepa2\n"
+        "from modeling_ijepa import reference_checkpoints\n"
+        "assert load_reference_checkpoint is reference_checkpoints.load_reference_checkpoint\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling_ijepa.convert_official", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0 and "--checkpoint" in result.stdout, result.stderr
+
+
+def test_every_file_has_the_license_line_and_a_docstring():
+    SPDX = "# SPDX-License-Identifier: Apache-2.0"
+    paths = [REPO_ROOT / "run_pretraining.py", REPO_ROOT / "run_linear_probe.py"]
+    paths += [path for folder in ("modeling_ijepa", "benchmarks", "tests") for path in (REPO_ROOT / folder).rglob("*.py")]
+    without_line = []
+    for path in paths:
+        lines = path.read_text().splitlines()
+        first = lines[1] if lines and lines[0].startswith("#!") else (lines[0] if lines else "")
+        if first != SPDX:
+            without_line.append(str(path.relative_to(REPO_ROOT)))
+    assert not without_line
+    without_docstring = [
+        path.name for path in PACKAGE.rglob("*.py") if ast.get_docstring(ast.parse(path.read_text())) is None
+    ]
+    assert not without_docstring
