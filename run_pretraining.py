@@ -404,8 +404,10 @@ def export_final_model(accelerator, model, args, log_history, card_values, card_
 def schedule_summary(schedules: Schedules, last_step: int) -> dict[str, str]:
     """The learning rate, weight decay and EMA momentum of optimizer step 1 and of the last trained step."""
     steps = {"first": 1, "last": max(1, last_step)}
-    return {f"{name}_{which}": f"{value:.3g}" for which, step in steps.items()
-            for name, value in schedules.values(step).items()} | {"peak_lr": f"{schedules.lr:.3g}"}
+    # Momenta sit just below 1: they need more digits than the learning rate and weight decay to be told apart.
+    return {f"{name}_{which}": f"{value:.6g}" if name == "momentum" else f"{value:.3g}"
+            for which, step in steps.items() for name, value in schedules.values(step).items()} | {
+        "peak_lr": f"{schedules.lr:.3g}"}
 
 
 def card_contents(args, accelerator, state, num_examples, description, global_batch, schedules, wall_clock):
