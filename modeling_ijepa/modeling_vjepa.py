@@ -314,6 +314,15 @@ class VJepaForPreTrainingOutput(ModelOutput):
     context_hidden_states: list[torch.FloatTensor] | None = None
 
 
+def mask_type_loss(predictions: list[torch.Tensor], targets: list[torch.Tensor], exponent: float) -> torch.Tensor:
+    """The V-JEPA loss: the mean over mask types of `mean(|prediction - target|^p) / p`, each type weighted equally
+    whatever its number of target tokens (one `[B, Kt_i, D]` pair per type)."""
+    losses = [
+        (prediction - target).abs().pow(exponent).mean() / exponent for prediction, target in zip(predictions, targets)
+    ]
+    return torch.stack(losses).mean()
+
+
 def check_mask_type_indices(
     context_indices: list[torch.Tensor],
     target_indices: list[torch.Tensor],
@@ -390,13 +399,8 @@ class VJepaForPreTraining(EmaTargetEncoderMixin, VJepaPreTrainedModel):
             hidden_states = self.context_encoder(video, context_indices=context, channels_before_time=True)
             context_hidden_states.append(hidden_states.last_hidden_state)
             predictions.append(self.predictor(hidden_states.last_hidden_state, context, target, mask_index))
-        exponent = self.config.loss_exponent
-        losses = [
-            (prediction - target).abs().pow(exponent).mean() / exponent
-            for prediction, target in zip(predictions, targets)
-        ]
         output = VJepaForPreTrainingOutput(
-            loss=torch.stack(losses).mean(),
+            loss=mask_type_loss(predictions, targets, self.config.loss_exponent),
             predictions=predictions,
             targets=targets,
             context_hidden_states=context_hidden_states,

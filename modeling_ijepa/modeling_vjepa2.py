@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_vjepa2 import VJepa2Config
 from .modeling_ijepa import EmaTargetEncoderMixin, check_index_tensor, gather_tokens
-from .modeling_vjepa import check_mask_type_indices
+from .modeling_vjepa import check_mask_type_indices, mask_type_loss
 
 # The reference normalises its targets with `F.layer_norm`'s default epsilon, not the blocks' 1e-6.
 TARGET_LAYER_NORM_EPS = 1e-5
@@ -277,13 +277,8 @@ class VJepa2ForPreTraining(EmaTargetEncoderMixin, VJepa2PreTrainedModel):
             hidden_states = self.context_encoder(video, context_indices=context, **kwargs).last_hidden_state
             context_hidden_states.append(hidden_states)
             predictions.append(self.predictor(hidden_states, context, target, mask_index, **kwargs))
-        exponent = self.config.loss_exponent
-        losses = [
-            (prediction - target).abs().pow(exponent).mean() / exponent
-            for prediction, target in zip(predictions, targets)
-        ]
         output = VJepa2ForPreTrainingOutput(
-            loss=torch.stack(losses).mean(),
+            loss=mask_type_loss(predictions, targets, self.config.loss_exponent),
             predictions=predictions,
             targets=targets,
             context_hidden_states=context_hidden_states,
