@@ -549,7 +549,8 @@ def log_entry(accelerator, result, state: dict, epoch: int, monitor: bool) -> di
     """One line of `training_log.jsonl` after optimizer step `state["global_step"]`, with the learning rate, weight
     decay and momentum that step used (`result` is its `StepResult`); with `monitor`, the collapse statistics of the
     target features too."""
-    entry = {"step": state["global_step"], "epoch": epoch, "loss": accelerator.reduce(result.loss.detach(), "mean").item(),
+    loss = accelerator.reduce(result.loss.detach(), "mean").item()
+    entry = {"step": state["global_step"], "epoch": epoch, "loss": loss,
              "lr": result.lr, "weight_decay": result.weight_decay, "momentum": result.momentum,
              "images_seen": state["images_seen"], "skipped_examples": state["num_skipped"]}
     for name in ("prediction_loss", "regularisation_loss"):  # the parts of the loss, with a regulariser on
