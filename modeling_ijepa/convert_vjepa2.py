@@ -14,8 +14,8 @@ and clip length (RoPE reads rows and columns off the `crop_size / patch_size` gr
 """
 
 import argparse
+import functools
 import logging
-import re
 from pathlib import Path
 
 import torch
@@ -24,35 +24,23 @@ from .configuration_vjepa2 import VJepa2Config
 from .export import export_vjepa2, video_processor_for
 from .logging_setup import configure_logging
 from .modeling_vjepa2 import VJepa2ForPreTraining
-from .reference_checkpoints import count_blocks, load_reference_checkpoint, strip_prefix
+from .reference_checkpoints import convert_blocks, encoder_sizes, load_networks, load_reference_checkpoint, strip_prefix
 
 logger = logging.getLogger(__name__)
 
 POSITION_TABLES = ("pos_embed", "predictor_pos_embed")
 
 
-def convert_blocks(state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """`{source}.{i}.*` reference blocks -> `layer.{i}.*` of stock `VJEPA2Layer`, splitting the fused qkv rows
-    `[q; k; v]` into `query`, `key` and `value`."""
-    converted = {}
-    pattern = re.compile(rf"^{re.escape(source)}\.(\d+)\.(.+)$")
-    for key, value in state_dict.items():
-        match = pattern.match(key)
-        if not match:
-            continue
-        index, name = match.groups()
-        if name.startswith("attn.qkv."):
-            kind = name.rsplit(".", 1)[1]
-            for projection, chunk in zip(("query", "key", "value"), value.chunk(3, dim=0)):
-                converted[f"layer.{index}.attention.{projection}.{kind}"] = chunk.clone()
-        else:
-            converted[f"layer.{index}.{name.replace('attn.', 'attention.')}"] = value
-    return converted
+# Reference block names -> stock `VJEPA2Layer` names (the fused qkv is split into query, key and value).
+VJEPA2_BLOCK_RENAMES = {
+    "norm1": "norm1", "attn.proj": "attention.proj", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+}
+VJEPA2_PROJECTIONS = ("query", "key", "value")
 
 
 def convert_encoder(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference encoder -> stock `VJEPA2Encoder` names (the key mapping of transformers' own conversion script)."""
-    converted = convert_blocks(state_dict, "blocks")
+    converted = convert_blocks(state_dict, "blocks", "layer", VJEPA2_BLOCK_RENAMES, VJEPA2_PROJECTIONS)
     for kind in ("weight", "bias"):
         converted[f"embeddings.patch_embeddings.proj.{kind}"] = state_dict[f"patch_embed.proj.{kind}"]
         converted[f"layernorm.{kind}"] = state_dict[f"norm.{kind}"]
@@ -62,7 +50,7 @@ def convert_encoder(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def convert_predictor(state_dict: dict[str, torch.Tensor], num_mask_tokens: int) -> dict[str, torch.Tensor]:
     """Reference predictor -> stock `VJEPA2Predictor` names; `mask_tokens.{i}` [1, 1, Dp] are stacked into
     `embeddings.mask_tokens` [n, 1, 1, Dp]."""
-    converted = convert_blocks(state_dict, "predictor_blocks")
+    converted = convert_blocks(state_dict, "predictor_blocks", "layer", VJEPA2_BLOCK_RENAMES, VJEPA2_PROJECTIONS)
     for kind in ("weight", "bias"):
         converted[f"embeddings.predictor_embeddings.{kind}"] = state_dict[f"predictor_embed.{kind}"]
         converted[f"layernorm.{kind}"] = state_dict[f"predictor_norm.{kind}"]
@@ -134,32 +122,29 @@ def convert_vjepa2(
         for key in POSITION_TABLES:
             state_dict.pop(key, None)
 
-    hidden_size, in_chans, tubelet_size, patch_size, _ = encoder["patch_embed.proj.weight"].shape
-    pred_hidden_size = predictor["predictor_embed.weight"].shape[0]
+    sizes = encoder_sizes(encoder, predictor)
     num_mask_tokens = sum(key.startswith("mask_tokens.") for key in predictor)
     config = VJepa2Config(
         crop_size=crop_size,
         frames_per_clip=frames_per_clip,
-        patch_size=patch_size,
-        tubelet_size=tubelet_size,
-        in_chans=in_chans,
-        hidden_size=hidden_size,
-        num_hidden_layers=count_blocks(encoder, "blocks"),
+        patch_size=sizes["patch_size"],
+        tubelet_size=encoder["patch_embed.proj.weight"].shape[2],  # [D, C, t, p, p]
+        in_chans=sizes["num_channels"],
+        hidden_size=sizes["hidden_size"],
+        num_hidden_layers=sizes["num_hidden_layers"],
         num_attention_heads=num_attention_heads,
-        mlp_ratio=encoder["blocks.0.mlp.fc1.weight"].shape[0] / hidden_size,
-        qkv_bias="blocks.0.attn.qkv.bias" in encoder,
-        pred_hidden_size=pred_hidden_size,
-        pred_num_hidden_layers=count_blocks(predictor, "predictor_blocks"),
+        mlp_ratio=sizes["intermediate_size"] / sizes["hidden_size"],
+        qkv_bias=sizes["qkv_bias"],
+        pred_hidden_size=sizes["predictor_hidden_size"],
+        pred_num_hidden_layers=sizes["predictor_num_hidden_layers"],
         pred_num_attention_heads=pred_num_attention_heads or num_attention_heads,
-        pred_mlp_ratio=predictor["predictor_blocks.0.mlp.fc1.weight"].shape[0] / pred_hidden_size,
+        pred_mlp_ratio=predictor["predictor_blocks.0.mlp.fc1.weight"].shape[0] / sizes["predictor_hidden_size"],
         pred_num_mask_tokens=num_mask_tokens,
     )
-    model = VJepa2ForPreTraining(config)
-    state_dict = {f"context_encoder.{key}": value for key, value in convert_encoder(encoder).items()}
-    state_dict |= {f"target_encoder.{key}": value for key, value in convert_encoder(target_encoder).items()}
-    state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor, num_mask_tokens).items()}
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return load_networks(
+        VJepa2ForPreTraining(config), encoder, target_encoder, predictor, encoder_names=convert_encoder,
+        predictor_names=functools.partial(convert_predictor, num_mask_tokens=num_mask_tokens),
+    )
 
 
 def write_converted(model: VJepa2ForPreTraining, output_dir: str | Path) -> None:

@@ -72,8 +72,15 @@ def strip_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {re.sub(r"^(module\.)?(backbone\.)?", "", key): value for key, value in state_dict.items()}
 
 
-def convert_blocks(state_dict: dict[str, torch.Tensor], source: str, target: str) -> dict[str, torch.Tensor]:
-    """`{source}.{i}.*` reference blocks -> `{target}.{i}.*` transformers layers, splitting the fused qkv."""
+def convert_blocks(
+    state_dict: dict[str, torch.Tensor],
+    source: str,
+    target: str,
+    renames: dict[str, str] = BLOCK_RENAMES,
+    projections: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj"),
+) -> dict[str, torch.Tensor]:
+    """`{source}.{i}.*` reference blocks -> `{target}.{i}.*` transformers layers: the fused qkv rows `[q; k; v]` are
+    split into `attention.{projections}`, the other tensors renamed by `renames` (I-JEPA's layers by default)."""
     converted = {}
     pattern = re.compile(rf"^{re.escape(source)}\.(\d+)\.(.+)\.(weight|bias)$")
     for key, value in state_dict.items():
@@ -83,10 +90,12 @@ def convert_blocks(state_dict: dict[str, torch.Tensor], source: str, target: str
         index, name, kind = match.groups()
         prefix = f"{target}.{index}"
         if name == "attn.qkv":
-            for projection, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+            for projection, chunk in zip(projections, value.chunk(3, dim=0)):
                 converted[f"{prefix}.attention.{projection}.{kind}"] = chunk.clone()
+        elif name in renames:
+            converted[f"{prefix}.{renames[name]}.{kind}"] = value
         else:
-            converted[f"{prefix}.{BLOCK_RENAMES[name]}.{kind}"] = value
+            raise ValueError(f"The reference checkpoint has an unknown block tensor `{key}` (known: {sorted(renames)}).")
     return converted
 
 
@@ -153,11 +162,13 @@ def encoder_sizes(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.T
     }
 
 
-def load_networks(model, encoder: dict, target_encoder: dict, predictor: dict):
-    """Put the three converted reference networks into a pretraining model (all keys must match); eval mode."""
-    state_dict = {f"context_encoder.{key}": value for key, value in convert_encoder(encoder).items()}
-    state_dict |= {f"target_encoder.{key}": value for key, value in convert_encoder(target_encoder).items()}
-    state_dict |= {f"predictor.{key}": value for key, value in convert_predictor(predictor).items()}
+def load_networks(model, encoder: dict, target_encoder: dict, predictor: dict,
+                  encoder_names=convert_encoder, predictor_names=convert_predictor):
+    """Put the three reference networks into a pretraining model (all keys must match); eval mode. `encoder_names`
+    and `predictor_names` rename a reference state dict into the model's networks (ours by default)."""
+    state_dict = {f"context_encoder.{key}": value for key, value in encoder_names(encoder).items()}
+    state_dict |= {f"target_encoder.{key}": value for key, value in encoder_names(target_encoder).items()}
+    state_dict |= {f"predictor.{key}": value for key, value in predictor_names(predictor).items()}
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
