@@ -60,13 +60,14 @@ def build_optimizer(
     )
 
 
-def apply_schedules(optimizer: torch.optim.Optimizer, schedules: Schedules, step: int) -> None:
+def apply_schedules(optimizer: torch.optim.Optimizer, schedules: Schedules, step: int) -> tuple[float, float]:
     """Set every parameter group's learning rate and weight decay for optimizer step `step` (from 1); groups built
-    by `parameter_groups` without weight decay keep none."""
+    by `parameter_groups` without weight decay keep none. Returns the two values `(lr, weight_decay)`."""
     learning_rate, weight_decay = schedules.learning_rate(step), schedules.weight_decay_at(step)
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
         group["weight_decay"] = weight_decay if group.get("apply_weight_decay", True) else 0.0
+    return learning_rate, weight_decay
 
 
 @dataclass
@@ -144,8 +145,7 @@ class PretrainingStep:
         With gradient accumulation several calls make one optimizer step: they all get the same `step`, and the
         optimizer and the EMA move on the last of them."""
         accelerator, optimizer = self.accelerator, self.optimizer
-        apply_schedules(optimizer, self.schedules, step)
-        lr, weight_decay = self.schedules.learning_rate(step), self.schedules.weight_decay_at(step)
+        lr, weight_decay = apply_schedules(optimizer, self.schedules, step)
         with accelerator.accumulate(self.model):
             output = self.model(**batch)
             loss = output.loss
