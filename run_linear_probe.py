@@ -5,10 +5,10 @@
     python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \
         --output_dir outputs/probe_cifar10
 
-`python run_linear_probe.py --help` lists every argument; the work is done by `modeling_ijepa.linear_probe`.
+`python run_linear_probe.py --help` lists every argument; the work is done by `modeling_ijepa.evaluation`.
 """
 
-from modeling_ijepa.linear_probe import main
+from modeling_ijepa.evaluation.linear_probe import main
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(BENCHMARKS.parent))
 
 from reference_collator import ReferenceMultiBlock3DSampler, ReferenceMultiBlockSampler
 
-from modeling_ijepa.masking import MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from modeling_ijepa.data.masking import MultiBlock3DMaskCollator, MultiBlockMaskCollator
 
 # I-JEPA paper settings (ViT-H/14 on 224px images gives the 16x16 grid; ViT-*/16 gives 14x14).
 IMAGE_SETTINGS = {
@@ -138,7 +138,7 @@ def main() -> None:
     report = {
         "description": (
             "Median milliseconds per `sample_indices(batch_size)` call. reference: per-sample Python loops with the "
-            "semantics of the original collators (benchmarks/reference_collator.py). ours: modeling_ijepa.masking in "
+            "semantics of the original collators (benchmarks/reference_collator.py). ours: modeling_ijepa.data.masking in "
             "its default (reference-distribution) mode. ours_with_options: full_range_placement=True (images) and "
             "random_subset=True."
         ),

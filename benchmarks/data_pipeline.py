@@ -22,10 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, write_results  # noqa: E402
 
 from modeling_ijepa import MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.image_data import (  # noqa: E402
-    SkipUnreadable, find_image_column, load_image_dataset, prepare_image_dataset, pretraining_transform,
+from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
+from modeling_ijepa.data.images import (
+    SkipUnreadable,
+    find_image_column,
+    load_image_dataset,
+    prepare_image_dataset,
+    pretraining_transform,
 )
-from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
 
 PAPER_IMAGES_PER_SECOND_PER_A100 = 300 * 1_281_167 / (1200 * 3600)
 

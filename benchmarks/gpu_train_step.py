@@ -31,11 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, write_results  # noqa: E402
 from train_step import backward_and_update, mask_sampler, reference_style_loss  # noqa: E402
-
 from transformers.models.ijepa.modeling_ijepa import IJepaLayer  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining  # noqa: E402
-from modeling_ijepa.optimization import parameter_groups  # noqa: E402
+from modeling_ijepa.training.optimization import parameter_groups  # noqa: E402
 
 MODELS = {
     "vit_h14": dict(image_size=224, patch_size=14, hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,

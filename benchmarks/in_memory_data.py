@@ -34,11 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, markdown_table, per_round_ratios, write_results  # noqa: E402
 
 from modeling_ijepa import MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.image_data import (  # noqa: E402
-    SkipUnreadable, find_image_column, load_image_dataset, prepare_image_dataset, pretraining_transform,
+from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
+from modeling_ijepa.data.images import (
+    SkipUnreadable,
+    find_image_column,
+    load_image_dataset,
+    prepare_image_dataset,
+    pretraining_transform,
 )
-from modeling_ijepa.in_memory_images import InMemoryImages, decode_images, resized_crops  # noqa: E402
-from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
+from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, resized_crops  # noqa: E402
 
 PATHS = ("per_example", "in_memory")
 

@@ -32,15 +32,16 @@ from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_ijepa.arguments import add_image_data_arguments  # noqa: E402
-from modeling_ijepa.in_memory_images import pixel_values_of  # noqa: E402
-from modeling_ijepa.export import image_processor_for  # noqa: E402
-from modeling_ijepa.image_data import SkipUnreadable  # noqa: E402
-from modeling_ijepa.logging_setup import configure_logging  # noqa: E402
-from modeling_ijepa.schedules import Schedules  # noqa: E402
-from modeling_ijepa.optimization import apply_schedules, parameter_groups  # noqa: E402
-from modeling_ijepa.training import SeededExamples, out_of_time  # noqa: E402
-from run_pretraining import build_image_dataset  # noqa: E402
+from modeling_ijepa.cli import configure_logging  # noqa: E402
+from modeling_ijepa.data.examples import SeededExamples  # noqa: E402
+from modeling_ijepa.data.images import SkipUnreadable  # noqa: E402
+from modeling_ijepa.data.in_memory import pixel_values_of  # noqa: E402
+from modeling_ijepa.data.pipeline import build_image_dataset  # noqa: E402
+from modeling_ijepa.hub.export import image_processor_for  # noqa: E402
+from modeling_ijepa.training.arguments import add_image_data_arguments  # noqa: E402
+from modeling_ijepa.training.optimization import apply_schedules, parameter_groups  # noqa: E402
+from modeling_ijepa.training.runtime import out_of_time  # noqa: E402
+from modeling_ijepa.training.schedules import Schedules  # noqa: E402
 
 logger = get_logger(__name__)
 

@@ -23,13 +23,14 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_ijepa.image_data import (  # noqa: E402
+from modeling_ijepa.data.images import (
     evaluation_transform,
     find_image_column,
     load_image_dataset,
     prepare_image_dataset,
 )
-from run_pretraining import build_mask_collator, parse_args  # noqa: E402
+from modeling_ijepa.data.pipeline import build_mask_collator  # noqa: E402
+from modeling_ijepa.training.arguments import parse_args  # noqa: E402
 
 TARGET_COLOURS = ("tab:red", "tab:orange", "tab:cyan", "tab:purple", "tab:green", "tab:pink")
 

@@ -62,9 +62,9 @@ from common import machine, markdown_table  # noqa: E402
 from plot_masks import plot_recipe_masks  # noqa: E402
 
 import run_pretraining  # noqa: E402
-from modeling_ijepa import linear_probe  # noqa: E402
-from modeling_ijepa.logging_setup import configure_logging  # noqa: E402
-from modeling_ijepa.model_card import plot_training_curves  # noqa: E402
+from modeling_ijepa.evaluation import linear_probe  # noqa: E402
+from modeling_ijepa.cli import configure_logging  # noqa: E402
+from modeling_ijepa.hub.model_card import plot_training_curves  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

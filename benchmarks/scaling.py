@@ -15,8 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, write_results  # noqa: E402

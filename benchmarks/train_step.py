@@ -34,12 +34,18 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (  # noqa: E402
-    interleaved_seconds, machine, markdown_table, median_seconds, peak_rss_mib, per_round_ratios, write_results,
+    interleaved_seconds,
+    machine,
+    markdown_table,
+    median_seconds,
+    peak_rss_mib,
+    per_round_ratios,
+    write_results,
 )
 from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.optimization import parameter_groups  # noqa: E402
+from modeling_ijepa.training.optimization import parameter_groups  # noqa: E402
 
 SETTINGS = {
     "vit_tiny_b64": {"depth": 12, "predictor_depth": 6, "batch_size": 64},

@@ -8,7 +8,7 @@ from transformers import VJEPA2Config as StockVJEPA2Config
 from .configuration_ijepa import IJepaConfig
 from .configuration_vjepa import VJepaConfig
 from .configuration_vjepa2 import VJepa2Config
-from .masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from .data.masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
 from .modeling_ijepa import IJepaForPreTraining, IJepaForPreTrainingOutput, IJepaModel, IJepaPredictor
 from .modeling_vjepa import VJepaForPreTraining, VJepaForPreTrainingOutput, VJepaModel, VJepaPredictor
 from .modeling_vjepa2 import VJepa2Encoder, VJepa2ForPreTraining, VJepa2ForPreTrainingOutput, VJepa2Predictor

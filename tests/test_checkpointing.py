@@ -16,8 +16,13 @@ from safetensors.torch import load_file, save_file
 
 import run_pretraining
 from modeling_ijepa import IJepaForPreTraining
-from modeling_ijepa.checkpointing import CheckpointError, NonFiniteStateError, latest_checkpoint, list_checkpoints
-from modeling_ijepa.convert_official import convert_checkpoint
+from modeling_ijepa.conversion.ijepa import convert_checkpoint
+from modeling_ijepa.training.checkpointing import (
+    CheckpointError,
+    NonFiniteStateError,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 from .conftest import OFFICIAL, require
 from .test_run_pretraining import cifar_args, pretraining_weights
@@ -61,7 +66,8 @@ def test_resuming_a_checkpoint_without_some_tensors_is_refused_naming_the_file(r
 
 
 def test_probing_a_folder_without_its_tensors_is_refused(run_copy):
-    from modeling_ijepa.linear_probe import load_encoder, parse_args
+    from modeling_ijepa.evaluation.arguments import parse_args
+    from modeling_ijepa.evaluation.encoders import load_encoder
 
     save_file({}, run_copy / "model.safetensors", metadata={"format": "pt"})  # the exported encoder, emptied
     args = parse_args(["--model_name_or_path", str(run_copy), "--output_dir", str(run_copy / "probe")])
@@ -128,7 +134,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, on_non
 
 
 def test_save_checkpoint_refuses_non_finite_weights_and_keeps_the_previous_checkpoint(run_copy):
-    from modeling_ijepa.checkpointing import save_checkpoint
+    from modeling_ijepa.training.checkpointing import save_checkpoint
 
     from .test_reliability import fresh_model_and_optimizer
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from modeling_ijepa.arguments import build_parser as build_pretraining_parser
-from modeling_ijepa.linear_probe import build_parser as build_probe_parser
+from modeling_ijepa.evaluation.arguments import build_parser as build_probe_parser
+from modeling_ijepa.training.arguments import build_parser as build_pretraining_parser
 
 from .conftest import REPO_ROOT
 

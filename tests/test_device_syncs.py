@@ -11,8 +11,8 @@ from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeling_ijepa import IJepaForPreTraining, VJepaConfig, VJepaForPreTraining
-from modeling_ijepa.optimization import PretrainingStep, build_optimizer
-from modeling_ijepa.schedules import Schedules
+from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
+from modeling_ijepa.training.schedules import Schedules
 
 SYNCING_OPERATORS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default}
 

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from modeling_ijepa import IJepaForPreTraining
-from modeling_ijepa.convert_official import main as convert_main
+from modeling_ijepa.conversion.ijepa import main as convert_main
 
 from .conftest import OFFICIAL, require
 

@@ -18,10 +18,11 @@ from transformers import AutoModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 import run_pretraining
-from modeling_ijepa import IJepaForPreTraining, MultiBlockMaskCollator, in_memory_images
-from modeling_ijepa.image_data import find_image_column, prepare_image_dataset, pretraining_transform
-from modeling_ijepa.in_memory_images import InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
-from modeling_ijepa.training import GlobalBatchMaskCollate, SeededExamples
+from modeling_ijepa import IJepaForPreTraining, MultiBlockMaskCollator
+from modeling_ijepa.data import in_memory as in_memory_images
+from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
+from modeling_ijepa.data.images import find_image_column, prepare_image_dataset, pretraining_transform
+from modeling_ijepa.data.in_memory import InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
 
 from .conftest import CIFAR10, require
 from .test_run_pretraining import cifar_args, launch, pretraining_weights

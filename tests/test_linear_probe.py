@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Frozen-feature probes (`run_linear_probe.py`, `modeling_ijepa.probing`): end to end on real images and
+"""Frozen-feature probes (`run_linear_probe.py`, `modeling_ijepa.evaluation`): end to end on real images and
 videos, the feature cache, low-shot subsets, the offline metric, model-card results and clear errors."""
 
 import json
@@ -10,11 +10,15 @@ from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import load_file
 
 from modeling_ijepa import IJepaForPreTraining
-from modeling_ijepa.export import save_encoder_for_transformers
-from modeling_ijepa.metrics import TopKAccuracy
-from modeling_ijepa.probing import knn_scores, samples_per_class_subset, stratified_sample, sweep_edges
-from modeling_ijepa.linear_probe import main as probe_main
-from modeling_ijepa.linear_probe import parse_args, run_probes, split_description
+from modeling_ijepa.evaluation.arguments import parse_args
+from modeling_ijepa.evaluation.knn import knn_scores
+from modeling_ijepa.evaluation.linear_probe import main as probe_main
+from modeling_ijepa.evaluation.linear_probe import run_probes
+from modeling_ijepa.evaluation.metrics import TopKAccuracy
+from modeling_ijepa.evaluation.probes import sweep_edges
+from modeling_ijepa.evaluation.subsets import samples_per_class_subset, stratified_sample
+from modeling_ijepa.hub.export import save_encoder_for_transformers
+from modeling_ijepa.hub.probe_card import split_description
 
 from .conftest import CIFAR10, OFFICIAL, VIDEO_TINY, require
 
@@ -327,7 +331,8 @@ def test_mae_encoder_is_probed_on_every_patch_without_its_cls_token(tmp_path):
     ViTMAEModel(config).save_pretrained(tmp_path / "mae")
     results = probe_main(["--model_name_or_path", str(tmp_path / "mae"), "--output_dir", str(tmp_path / "out"), *FAST])
     assert results["features"]["dim"] == 32 and results["linear_top1"] > 0.3
-    from modeling_ijepa.linear_probe import load_encoder, parse_args
+    from modeling_ijepa.evaluation.arguments import parse_args
+    from modeling_ijepa.evaluation.encoders import load_encoder
 
     assert load_encoder(parse_args(["--model_name_or_path", str(tmp_path / "mae")])).config.mask_ratio == 0.0
 
@@ -360,7 +365,7 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
     data = {"features": features, "labels": labels}
     args = parse_args(["--model_name_or_path", "unused", "--linear_max_iter", "20",
                        "--linear_weight_decays", "1e-4", "1e-2", "1e-1"])  # fmt: skip
-    with caplog.at_level("WARNING", logger="modeling_ijepa.linear_probe"):
+    with caplog.at_level("WARNING", logger="modeling_ijepa.evaluation.linear_probe"):
         results = run_probes(data, data, 2, args, "cpu")
 
     assert results["linear_probe"]["chosen"] == {"weight_decay": 1e-4}
@@ -373,6 +378,6 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
 
     args.linear_weight_decays = [1e-2]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="modeling_ijepa.linear_probe"):
+    with caplog.at_level("WARNING", logger="modeling_ijepa.evaluation.linear_probe"):
         assert run_probes(data, data, 2, args, "cpu")["linear_probe"]["at_sweep_edge"] == {}
     assert not caplog.records

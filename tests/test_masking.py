@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modeling_ijepa import masking
-from modeling_ijepa.masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
+from modeling_ijepa.data import masking
+from modeling_ijepa.data.masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
 
 # The per-sample reference samplers live with the benchmarks, which are not a package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -603,7 +603,7 @@ def test_mask_draws_call_collates_each_image_once():
 
 @pytest.mark.parametrize("num_draws", [1, 3])
 def test_global_batch_collate_keeps_the_draws_of_each_process_examples(num_draws):
-    from modeling_ijepa.training import GlobalBatchMaskCollate
+    from modeling_ijepa.data.examples import GlobalBatchMaskCollate
 
     def make(num_processes, process_index, per_device):
         collator = MultiBlockMaskCollator(32, 4, seed=7, num_mask_draws=num_draws)

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The pretraining model card (`modeling_ijepa.model_card`, `run_pretraining.card_contents` and its template),
+"""The pretraining model card (`modeling_ijepa.hub.model_card`, `modeling_ijepa.hub.pretraining_card` and its template),
 rendered from small fake values: no training needed."""
 
 import re
@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 import run_pretraining
-from modeling_ijepa.model_card import plot_training_curves, plural, write_model_card
+from modeling_ijepa.hub.model_card import plot_training_curves, plural, write_model_card
+from modeling_ijepa.hub.pretraining_card import MODEL_CARD_TEMPLATE, card_contents
+from modeling_ijepa.training.loop import build_schedules
 
 
 @pytest.mark.parametrize(
@@ -31,11 +33,11 @@ def render_card(tmp_path, *arguments, num_processes=1, global_step=1, num_exampl
     state = {"global_step": global_step, "images_seen": global_step * num_processes, "batches_per_epoch": 1,
              "log_history": [{"step": global_step, "loss": 0.5}]}  # fmt: skip
     global_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
-    values, card_data = run_pretraining.card_contents(
+    values, card_data = card_contents(
         args, accelerator, state, num_examples, "fake images", global_batch,
-        run_pretraining.build_schedules(args, steps_per_epoch=max(1, global_step)), 60.0
+        build_schedules(args, steps_per_epoch=max(1, global_step)), 60.0
     )
-    return write_model_card(tmp_path, run_pretraining.MODEL_CARD_TEMPLATE, values, card_data).text
+    return write_model_card(tmp_path, MODEL_CARD_TEMPLATE, values, card_data).text
 
 
 def test_card_states_each_fact_once_with_singular_counts(tmp_path):

@@ -64,8 +64,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_graph_sees_the_converters():
     graph = import_graph()
-    assert "modeling_ijepa.reference_checkpoints" in graph["modeling_ijepa.convert_vjepa"]
-    assert "modeling_ijepa.convert_vjepa" in graph["modeling_ijepa.convert_official"]
+    assert "modeling_ijepa.conversion.reference" in graph["modeling_ijepa.conversion.vjepa"]
+    assert "modeling_ijepa.conversion.vjepa" in graph["modeling_ijepa.conversion.ijepa"]
 
 
 def test_no_import_cycles():
@@ -86,10 +86,8 @@ def test_old_converter_paths_still_work():
     code = (
         "from modeling_ijepa.convert_official import (UnsafeCheckpointError, convert_checkpoint, convert_encoder, "
         "convert_predictor, load_reference_checkpoint, main, strip_prefix)\n"
-        "from modeling_ijepa.convert_vjepa import convert_vjepa\n"
-        "from modeling_ijepa.convert_vjepa2 import convert_vjepa2\n"
-        "from modeling_ijepa import reference_checkpoints\n"
-        "assert load_reference_checkpoint is reference_checkpoints.load_reference_checkpoint\n"
+        "from modeling_ijepa.conversion import reference\n"
+        "assert load_reference_checkpoint is reference.load_reference_checkpoint\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

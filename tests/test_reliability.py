@@ -33,18 +33,22 @@ from transformers import AutoConfig, AutoModel
 from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
 
 import run_pretraining
-from modeling_ijepa import IJepaForPreTraining, checkpointing
-from modeling_ijepa.checkpointing import (
+from modeling_ijepa import IJepaForPreTraining
+from modeling_ijepa.conversion.ijepa import UnsafeCheckpointError, load_reference_checkpoint
+from modeling_ijepa.data import pipeline
+from modeling_ijepa.data.images import DecodeAndTransform, decode_image, pretraining_transform
+from modeling_ijepa.data.skipping import UnusableDataError
+from modeling_ijepa.training import checkpointing, runtime
+from modeling_ijepa.training.checkpointing import (
     TEMPORARY_PREFIX,
     CheckpointWriteError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
 )
-from modeling_ijepa.convert_official import UnsafeCheckpointError, load_reference_checkpoint
-from modeling_ijepa.image_data import DecodeAndTransform, decode_image, pretraining_transform
-from modeling_ijepa.training import UnusableDataError
-from modeling_ijepa.optimization import parameter_groups
+from modeling_ijepa.training.loop import MAX_CONSECUTIVE_NONFINITE
+from modeling_ijepa.training.models import build_model
+from modeling_ijepa.training.optimization import NonFiniteLossError, parameter_groups
 
 from .conftest import CIFAR10, REPO_ROOT, require
 from .test_run_pretraining import TINY, cifar_args, pretraining_weights
@@ -55,7 +59,7 @@ SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(
 
 def fresh_model_and_optimizer(argv):
     args = run_pretraining.parse_args(argv)
-    model = run_pretraining.build_model(args)
+    model = build_model(args)
     return model, torch.optim.AdamW(parameter_groups(model), lr=args.learning_rate)
 
 
@@ -350,7 +354,7 @@ DIVERGE = ["--learning_rate", "1e30", "--start_lr", "1e30", "--warmup_steps", "0
 
 def test_a_diverging_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     argv = cifar_args(tmp_path, *DIVERGE)
-    with pytest.raises(run_pretraining.NonFiniteLossError, match=r"Non-finite loss \(nan\) at optimizer step 2 \(epoch 0\)"):
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite loss \(nan\) at optimizer step 2 \(epoch 0\)"):
         run_pretraining.main(argv)
     assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
     assert assert_every_checkpoint_loads(tmp_path, argv) == [1]
@@ -375,7 +379,7 @@ def test_skipping_non_finite_losses_warns_for_each_step_but_cannot_undo_a_diverg
 
 def test_skipping_stops_once_the_run_has_clearly_diverged(tmp_path):
     argv = cifar_args(tmp_path, *DIVERGE, "--on_nonfinite_loss", "skip", "--max_train_samples", "256")
-    with pytest.raises(run_pretraining.NonFiniteLossError, match=f"{run_pretraining.MAX_CONSECUTIVE_NONFINITE} batches in a row"):
+    with pytest.raises(NonFiniteLossError, match=f"{MAX_CONSECUTIVE_NONFINITE} batches in a row"):
         run_pretraining.main(argv)
     assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-1"]
 
@@ -608,9 +612,9 @@ def no_work_may_start(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("work started before the arguments were refused")
 
-    monkeypatch.setattr(run_pretraining, "load_image_dataset", forbidden)
-    monkeypatch.setattr(run_pretraining, "build_video_dataset", forbidden)
-    monkeypatch.setattr(run_pretraining, "Accelerator", forbidden)
+    monkeypatch.setattr(pipeline, "load_image_dataset", forbidden)
+    monkeypatch.setattr(pipeline, "build_video_dataset", forbidden)
+    monkeypatch.setattr(runtime, "Accelerator", forbidden)
 
 
 BAD_ARGUMENTS = {

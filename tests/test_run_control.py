@@ -17,14 +17,12 @@ import pytest
 import torch
 
 import run_pretraining
-from modeling_ijepa.checkpointing import list_checkpoints
-from modeling_ijepa.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirInUseError, OutputDirLock
+from modeling_ijepa.training.checkpointing import list_checkpoints
+from modeling_ijepa.training.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirInUseError, OutputDirLock
 
 from .conftest import REPO_ROOT
 from .test_reliability import SCRIPT_ENV, start, tail
 from .test_run_pretraining import cifar_args, pretraining_weights
-
-
 
 # ------------------------------------------------------------------------------------------ the folder lock
 
@@ -42,7 +40,7 @@ def test_the_output_folder_lock_is_exclusive_and_released(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_stale(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from modeling_ijepa.run_control import OutputDirLock; "
+        [sys.executable, "-c", "import sys, time; from modeling_ijepa.training.run_control import OutputDirLock; "
          f"lock = OutputDirLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
         cwd=REPO_ROOT, env=os.environ | SCRIPT_ENV, stdout=subprocess.PIPE, text=True,
     )

@@ -19,6 +19,8 @@ from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaMod
 
 import run_pretraining
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining
+from modeling_ijepa.training import loop
+from modeling_ijepa.training.loop import build_schedules, build_step
 
 from .conftest import CIFAR10, REPO_ROOT, require
 
@@ -59,7 +61,7 @@ def test_tiny_run_exports_an_encoder_for_stock_transformers(tmp_path):
     assert "ijepa" in card.data.tags and "training_curves.png" in card.text
 
     # The linear probe runs on what the run exported and records its accuracy in the run's model card.
-    from modeling_ijepa.linear_probe import main as probe_main
+    from modeling_ijepa.evaluation.linear_probe import main as probe_main
 
     results = probe_main(["--model_name_or_path", str(tmp_path), "--dataset_name", str(CIFAR10), "--output_dir",
                           str(tmp_path / "probe"), "--max_train_samples", "200", "--max_eval_samples", "100"])
@@ -261,7 +263,7 @@ def test_paper_recipe_has_the_paper_numbers():
 def test_vjepa_recipe_stretches_its_schedules_and_clips_after_the_warmup():
     args = run_pretraining.parse_args(["--config", str(REPO_ROOT / "configs" / "vjepa_vitl16.yaml")])
     assert (args.ipe_scale, args.max_grad_norm, args.clip_grad_after_warmup) == (1.25, 10.0, True)
-    schedules = run_pretraining.build_schedules(args, steps_per_epoch=300)
+    schedules = build_schedules(args, steps_per_epoch=300)
     assert schedules.schedule_steps == int(1.25 * 300 * args.num_train_epochs)
     assert schedules.learning_rate(schedules.total_steps) > args.final_lr
 
@@ -272,8 +274,8 @@ def test_clipping_after_the_warmup_starts_in_the_epoch_after_it():
                                             intermediate_size=64, image_size=16, patch_size=4,
                                             predictor_hidden_size=16, predictor_num_hidden_layers=1))
     optimizer = torch.optim.AdamW(model.parameters())
-    step = run_pretraining.build_step(args, Accelerator(cpu=True), model, optimizer,
-                                      run_pretraining.build_schedules(args, steps_per_epoch=3))
+    step = build_step(args, Accelerator(cpu=True), model, optimizer,
+                                      build_schedules(args, steps_per_epoch=3))
     assert [step.clips_at(epoch) for epoch in range(5)] == [False, False, False, True, True]
 
 
@@ -309,12 +311,12 @@ PROGRESS_BAR_NAMES = {"loss": "the loss", "lr": "the learning rate", "weight_dec
 def test_readme_says_what_the_progress_bar_shows(tmp_path, monkeypatch):
     shown = set()
 
-    class RecordingBar(run_pretraining.tqdm):
+    class RecordingBar(loop.tqdm):
         def set_postfix(self, *args, **kwargs):
             shown.update(kwargs)
             super().set_postfix(*args, **kwargs)
 
-    monkeypatch.setattr(run_pretraining, "tqdm", RecordingBar)
+    monkeypatch.setattr(loop, "tqdm", RecordingBar)
     run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "1"))
     sentence = re.search(r"The progress bar shows ([^.;]+)", (REPO_ROOT / "README.md").read_text())
     assert sentence, "the README no longer says what the progress bar shows"
@@ -348,7 +350,7 @@ def test_the_probe_after_training_can_be_turned_off(tmp_path):
 
 
 def test_a_probe_that_does_not_beat_random_init_is_a_plain_warning():
-    from modeling_ijepa.pretraining_probe import verdict
+    from modeling_ijepa.evaluation.pretraining_probe import verdict
 
     pays_off, sentence = verdict({"linear_top1": 0.02, "knn_top1": -0.081})
     assert not pays_off and "does not beat random initialisation" in sentence and "kNN -8.1 points" in sentence
@@ -356,7 +358,7 @@ def test_a_probe_that_does_not_beat_random_init_is_a_plain_warning():
 
 
 def test_data_without_a_held_out_split_is_not_probed(tmp_path):
-    from modeling_ijepa.pretraining_probe import labelled_splits
+    from modeling_ijepa.evaluation.pretraining_probe import labelled_splits
 
     for label in ("a", "b"):
         (tmp_path / "images" / label).mkdir(parents=True)

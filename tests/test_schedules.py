@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from modeling_ijepa.schedules import Schedules
+from modeling_ijepa.training.schedules import Schedules
 
 
 def schedules(**overrides) -> Schedules:

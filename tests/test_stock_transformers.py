@@ -7,7 +7,7 @@ from transformers import AutoModel, pipeline
 from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
 
 from modeling_ijepa import IJepaForPreTraining, IJepaModel
-from modeling_ijepa.convert_official import main as convert_main
+from modeling_ijepa.conversion.ijepa import main as convert_main
 
 from .conftest import CIFAR10, OFFICIAL, require
 

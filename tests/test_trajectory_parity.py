@@ -15,14 +15,9 @@ import torch
 from accelerate import Accelerator
 from safetensors import safe_open
 
-from modeling_ijepa.convert_official import (
-    convert_checkpoint,
-    convert_encoder,
-    convert_predictor,
-    strip_prefix,
-)
-from modeling_ijepa.optimization import PretrainingStep, build_optimizer
-from modeling_ijepa.schedules import Schedules
+from modeling_ijepa.conversion.ijepa import convert_checkpoint, convert_encoder, convert_predictor, strip_prefix
+from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
+from modeling_ijepa.training.schedules import Schedules
 
 from .conftest import OFFICIAL
 

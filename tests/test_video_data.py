@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Tests of video decoding, clip transforms and the clip dataset (`modeling_ijepa.video_data`)."""
+"""Tests of video decoding, clip transforms and the clip dataset (`modeling_ijepa.data.videos`)."""
 
 import logging
 from pathlib import Path
@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from modeling_ijepa.training import SeededExamples
-from modeling_ijepa.video_data import VideoClipDataset, VideoClipTransform, VideoDecodeError, decode_clip
+from modeling_ijepa.data.examples import SeededExamples
+from modeling_ijepa.data.videos import VideoClipDataset, VideoClipTransform, VideoDecodeError, decode_clip
 
 from .conftest import VIDEO_TINY, require
 
@@ -216,7 +216,7 @@ def test_bad_videos_are_skipped_and_counted(bad_videos, caplog):
     folder = next(iter(bad_videos.values())).parent
     write_video(folder / "good_1.mp4", moving_frames(20))
     write_video(folder / "good_2.mp4", moving_frames(16))
-    with caplog.at_level(logging.WARNING, logger="modeling_ijepa.video_data"):
+    with caplog.at_level(logging.WARNING, logger="modeling_ijepa.data.videos"):
         dataset = VideoClipDataset.from_folder(folder, NUM_FRAMES, FRAME_STEP, VideoClipTransform(32))
 
     assert len(dataset) == 2 and dataset.num_skipped == len(bad_videos)
@@ -250,7 +250,7 @@ def test_decode_failure_at_read_time_falls_back(tmp_path, caplog):
     dataset = VideoClipDataset.from_folder(tmp_path, NUM_FRAMES, FRAME_STEP, VideoClipTransform(32, train=False))
     assert len(dataset) == 2 and dataset.video_names[0].endswith("broken.mp4")
 
-    with caplog.at_level(logging.WARNING, logger="modeling_ijepa.video_data"):
+    with caplog.at_level(logging.WARNING, logger="modeling_ijepa.data.videos"):
         items = [dataset[0], dataset[1]]
     assert dataset.decode_failures == 1
     assert "broken.mp4" in caplog.text

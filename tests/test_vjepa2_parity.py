@@ -10,9 +10,9 @@ from safetensors import safe_open
 from transformers import AutoModelForPreTraining
 
 from modeling_ijepa import VJepa2Config, VJepa2ForPreTraining
-from modeling_ijepa.convert_official import load_reference_checkpoint
-from modeling_ijepa.convert_vjepa2 import convert_vjepa2
-from modeling_ijepa.convert_vjepa2 import main as convert_main
+from modeling_ijepa.conversion.ijepa import load_reference_checkpoint
+from modeling_ijepa.conversion.vjepa2 import convert_vjepa2
+from modeling_ijepa.conversion.vjepa2 import main as convert_main
 
 from .conftest import OFFICIAL, require
 

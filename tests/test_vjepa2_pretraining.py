@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 import run_pretraining
 from modeling_ijepa import MultiBlock3DMaskCollator, VJepa2ForPreTraining, VJepaConfig, VJepaForPreTraining
+from modeling_ijepa.hub.pretraining_card import VJEPA2_CARD_NOTE
+from modeling_ijepa.training.models import build_model
 
 from .conftest import REPO_ROOT, VIDEO_TINY, require
 from .test_vjepa2_parity import convert_fixture
@@ -103,12 +105,12 @@ def test_tiny_run_card_is_a_stock_vjepa2_card_with_the_predictor_note(tiny_run):
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "video-classification"
     assert "vjepa2" in card.data.tags and "V-JEPA 2 (Assran et al., 2025)" in card.text
     assert "trust_remote_code" not in card.text and "AutoVideoProcessor.from_pretrained" in card.text
-    note = (REPO_ROOT / "model_cards" / "vjepa2_note.md").read_text().strip()
+    note = VJEPA2_CARD_NOTE.read_text().strip()
     assert note in card.text
 
 
 def test_video_probe_runs_on_the_vjepa2_folder(tiny_run):
-    from modeling_ijepa.linear_probe import main as probe_main
+    from modeling_ijepa.evaluation.linear_probe import main as probe_main
 
     output_dir, _ = tiny_run
     labelled = require(VIDEO_TINY / "labelled")
@@ -138,7 +140,7 @@ def continue_args(converted, output_dir, *extra):
 
 def test_converted_checkpoint_continues_with_its_three_networks_and_sizes(converted, tmp_path):
     args = continue_args(converted, tmp_path, "--num_frames", "16")
-    model = run_pretraining.build_model(args)
+    model = build_model(args)
     reference = VJepa2ForPreTraining.from_pretrained(converted / "pretraining")
     assert model.state_dict().keys() == reference.state_dict().keys()
     for name, value in reference.state_dict().items():
@@ -172,7 +174,7 @@ def test_vjepa1_folder_passed_as_vjepa2_is_refused(tmp_path):
     args = continue_args(tmp_path / "vjepa", tmp_path / "out")
     message = r"of type `vjepa`, but this run trains V-JEPA 2.*: to continue it, pass .* --architecture vjepa\."
     with pytest.raises(ValueError, match=message):
-        run_pretraining.build_model(args)
+        build_model(args)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +186,7 @@ def test_vjepa1_folder_passed_as_vjepa2_is_refused(tmp_path):
 )  # fmt: skip
 def test_checkpoints_that_cannot_continue_are_refused(converted, tmp_path, folder, extra, message):
     with pytest.raises(ValueError, match=message):
-        run_pretraining.build_model(continue_args(converted / folder, tmp_path, *extra))
+        build_model(continue_args(converted / folder, tmp_path, *extra))
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, VJEPA2Model
 
 from modeling_ijepa import VJepa2ForPreTraining
-from modeling_ijepa.export import vjepa2_resize_size
+from modeling_ijepa.data.videos import VideoClipTransform, decode_clip
+from modeling_ijepa.hub.export import vjepa2_resize_size
+from modeling_ijepa.hub.pretraining_card import VJEPA2_CARD_NOTE
 from modeling_ijepa.modeling_vjepa2 import TARGET_LAYER_NORM_EPS
-from modeling_ijepa.video_data import VideoClipTransform, decode_clip
 
-from .conftest import REPO_ROOT, VIDEO_TINY, require
+from .conftest import VIDEO_TINY, require
 from .test_vjepa2_parity import clips_of, convert_fixture, load_reference, mask_types
 
 ATOL = 1e-5
@@ -284,7 +285,7 @@ def test_real_clip_through_stock_processor_and_model_equals_ours(stock_run, mode
 
 
 def test_model_card_note_describes_the_recipe_tested_here():
-    note = (REPO_ROOT / "model_cards" / "vjepa2_note.md").read_text()
+    note = VJEPA2_CARD_NOTE.read_text()
     assert "mask_tokens.data[1] = model.predictor.embeddings.mask_tokens.data[0]" in note
     assert "eps=1e-5" in note and "target encoder" in note
 

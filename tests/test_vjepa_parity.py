@@ -9,9 +9,9 @@ from safetensors import safe_open
 from transformers import AutoModel
 
 from modeling_ijepa import VJepaForPreTraining, VJepaModel
-from modeling_ijepa.convert_official import load_reference_checkpoint
-from modeling_ijepa.convert_official import main as convert_main
-from modeling_ijepa.convert_vjepa import convert_vjepa
+from modeling_ijepa.conversion.ijepa import load_reference_checkpoint
+from modeling_ijepa.conversion.ijepa import main as convert_main
+from modeling_ijepa.conversion.vjepa import convert_vjepa
 
 from .conftest import OFFICIAL, require
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from run_pretraining import parse_args, train  # noqa: E402
+from modeling_ijepa.training.arguments import parse_args  # noqa: E402
+from modeling_ijepa.training.loop import train  # noqa: E402
 
 
 def checksum(model) -> str:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import run_pretraining
-from modeling_ijepa import checkpointing
+from modeling_ijepa.hub import publish
+from modeling_ijepa.training import checkpointing
 
 HOLD_SECONDS = 120  # the test kills the process long before this
 
@@ -92,13 +93,13 @@ def main():
 
             shutil.rmtree = rmtree
     elif phase == "export":
-        real_save_encoder = run_pretraining.save_encoder_for_transformers
+        real_save_encoder = publish.save_encoder_for_transformers
 
         def save_encoder_for_transformers(encoder, folder):
             hold(folder)
             return real_save_encoder(encoder, folder)
 
-        run_pretraining.save_encoder_for_transformers = save_encoder_for_transformers
+        publish.save_encoder_for_transformers = save_encoder_for_transformers
     elif phase != "none":
         raise SystemExit(f"unknown phase {phase!r}")
     run_pretraining.main(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpointing import CheckpointError, describe_names, non_finite_tensors
+from modeling_ijepa.training.checkpointing import CheckpointError, describe_names, non_finite_tensors
 
 # Reference block names -> transformers' I-JEPA layer names (the fused qkv is split separately).
 BLOCK_RENAMES = {

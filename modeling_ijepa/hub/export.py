@@ -6,7 +6,7 @@ from pathlib import Path
 from transformers import ViTImageProcessor, VJEPA2VideoProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .configuration_ijepa import as_pair
+from modeling_ijepa.configuration_ijepa import as_pair
 
 
 def image_processor_for(image_size: int | tuple[int, int]) -> ViTImageProcessor:

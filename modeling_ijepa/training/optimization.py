@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import Schedules
+from modeling_ijepa.training.schedules import Schedules
 
 
 class NonFiniteLossError(RuntimeError):

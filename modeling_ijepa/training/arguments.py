@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from .masking import MultiBlockMaskCollator, _as_range
+from modeling_ijepa.cli import HelpFormatter, float_pair
+from modeling_ijepa.data.masking import MultiBlockMaskCollator, _as_range
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,6 @@ PRETRAINING_EXAMPLES = """examples:
   # V-JEPA on a folder of videos, resumed from the newest checkpoint
   accelerate launch run_pretraining.py --config configs/vjepa_vitl16.yaml --train_dir videos/train \\
       --checkpointing_steps 1000 --resume_from_checkpoint latest"""
-
-
-def float_pair(text: str) -> tuple[float, float]:
-    values = [float(value) for value in str(text).replace("(", "").replace(")", "").split(",")]
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers, got {text!r}")
-    return values[0], values[1]
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """`--help` keeps the description's and epilog's line breaks (they hold example commands) and shows every
-    argument's default."""
 
 
 def add_image_data_arguments(group) -> None:

@@ -19,8 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from . import linear_probe  # noqa: E402
-from .image_data import find_label_column, load_image_dataset  # noqa: E402
+from modeling_ijepa.evaluation import linear_probe  # noqa: E402
+from modeling_ijepa.data.images import find_label_column, load_image_dataset  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from PIL import Image as PILImage
 from torchvision.transforms import v2
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .image_data import decode_image
-from .training import SeededExamples, example_seed
+from modeling_ijepa.data.examples import SeededExamples, example_seed
+from modeling_ijepa.data.images import decode_image
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import math
 
 import torch
 
-from .configuration_vjepa import VJepaConfig
-from .modeling_vjepa import VJepaForPreTraining, sincos_3d
-from .reference_checkpoints import encoder_sizes, load_networks, strip_prefix
+from modeling_ijepa.configuration_vjepa import VJepaConfig
+from modeling_ijepa.conversion.reference import encoder_sizes, load_networks, strip_prefix
+from modeling_ijepa.modeling_vjepa import VJepaForPreTraining, sincos_3d
 
 logger = logging.getLogger(__name__)
 

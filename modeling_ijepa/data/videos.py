@@ -29,7 +29,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-
 if TYPE_CHECKING:
     import datasets
 
@@ -233,7 +232,7 @@ class VideoClipTransform:
         resize_size (`int`, *optional*):
             Evaluation only: the short side is resized (bilinear, antialiased) to this before the center crop of
             `image_size`; at least `image_size`, which is the default (the crop then keeps the whole short side).
-            Stock `VJEPA2VideoProcessor` resizes to `modeling_ijepa.export.vjepa2_resize_size(image_size)`, i.e.
+            Stock `VJEPA2VideoProcessor` resizes to `modeling_ijepa.hub.export.vjepa2_resize_size(image_size)`, i.e.
             `int(image_size * 256 / 224)`: pass that to preprocess as it does.
 
     Call with a uint8 tensor [T, H, W, C] (as `decode_clip` returns); returns float32 [T, C, S, S].

@@ -7,9 +7,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
-from huggingface_hub import ModelCard, ModelCardData  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 
 
 def plural(count: int, noun: str) -> str:
@@ -75,4 +78,53 @@ def write_model_card(output_dir: str | Path, template: str | Path, card_values: 
     values["hyperparameters"] = yaml.safe_dump(json.loads(json.dumps(values.pop("hyperparameters"))), sort_keys=True).strip()
     card = ModelCard.from_template(data, template_path=str(template), **values)
     card.save(Path(output_dir) / "README.md")
+    return card
+
+
+@dataclass
+class CardMetric:
+    """One accuracy to publish in a model card's model-index."""
+
+    name: str
+    value: float
+    args: dict
+
+
+def update_model_card(
+    card_path: Path,
+    metrics: Sequence[CardMetric],
+    task_type: str,
+    dataset_type: str,
+    dataset_name: str,
+    dataset_config: str | None,
+    dataset_split: str,
+) -> ModelCard:
+    """Add (or replace) accuracy entries in the model-index of the model card at `card_path`, keeping its text and
+    other metadata. An existing entry with the same task, dataset, config, split and metric name is replaced, so a
+    rerun updates its numbers instead of adding duplicates."""
+    card = ModelCard.load(card_path)
+    new_results = [
+        EvalResult(
+            task_type=task_type,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_config=dataset_config,
+            dataset_split=dataset_split,
+            metric_type="accuracy",
+            metric_name=metric.name,
+            metric_value=round(metric.value, 4),
+            metric_args=metric.args,
+        )
+        for metric in metrics
+    ]
+
+    def identity(result: EvalResult) -> tuple:
+        return result.task_type, result.dataset_type, result.dataset_config, result.dataset_split, result.metric_name
+
+    replaced = {identity(result) for result in new_results}
+    kept = [result for result in card.data.eval_results or [] if identity(result) not in replaced]
+    card.data.eval_results = kept + new_results
+    if card.data.model_name is None:  # the model-index needs a name
+        card.data.model_name = card_path.parent.resolve().name
+    card.save(card_path)
     return card

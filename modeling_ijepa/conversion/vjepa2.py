@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Convert checkpoints of the reference V-JEPA 2 code (facebookresearch/vjepa2) and export for stock transformers.
 
-    python -m modeling_ijepa.convert_vjepa2 --checkpoint vitl.pt --output_dir out --num_attention_heads 16 \
+    python -m modeling_ijepa.conversion.vjepa2 --checkpoint vitl.pt --output_dir out --num_attention_heads 16 \
         --pred_num_attention_heads 12 --crop_size 256 --frames_per_clip 16 --ignore_position_tables
 
 writes `out/pretraining/` (`VJepa2ForPreTraining`: context encoder, target encoder and predictor, to continue
@@ -20,12 +20,19 @@ from pathlib import Path
 
 import torch
 
-from .configuration_vjepa2 import VJepa2Config
-from .export import export_vjepa2, video_processor_for
-from .logging_setup import configure_logging
-from .modeling_vjepa2 import VJepa2ForPreTraining
-from .reference_checkpoints import convert_blocks, encoder_sizes, load_networks, load_reference_checkpoint, strip_prefix
+from modeling_ijepa.cli import HelpFormatter, configure_logging
+from modeling_ijepa.configuration_vjepa2 import VJepa2Config
+from modeling_ijepa.conversion.reference import (
+    convert_blocks,
+    encoder_sizes,
+    load_networks,
+    load_reference_checkpoint,
+    strip_prefix,
+)
+from modeling_ijepa.hub.export import export_vjepa2, video_processor_for
+from modeling_ijepa.modeling_vjepa2 import VJepa2ForPreTraining
 
+PROG = "python -m modeling_ijepa.conversion.vjepa2"
 logger = logging.getLogger(__name__)
 
 POSITION_TABLES = ("pos_embed", "predictor_pos_embed")
@@ -155,7 +162,7 @@ def write_converted(model: VJepa2ForPreTraining, output_dir: str | Path) -> None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="Reference V-JEPA 2 .pt / .pth.tar training checkpoint.")
     parser.add_argument("--output_dir", required=True, help="Folder for pretraining/ and encoder/.")
     parser.add_argument("--num_attention_heads", type=int, required=True, help="Encoder heads (not in the tensors).")

@@ -1,0 +1,301 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
+
+    python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10         --output_dir outputs/probe_cifar10
+
+    python run_linear_probe.py --modality video --model_name_or_path outputs/vjepa         --train_dir ../shared/data/video_tiny/labelled/train --validation_dir ../shared/data/video_tiny/labelled/test         --output_dir outputs/probe_video
+
+The encoder is frozen. Features of the training and eval splits are extracted once and cached in `--output_dir`
+as `features_{train,eval}_<hash>.safetensors`; the hash covers the model files (path, size, modification time),
+`--random_init`, the dataset path or id, split, selected rows, class names, preprocessing, `--feature_layers` and
+the precision, so a rerun that changes none of them loads the cache (data files edited in place under the same path
+are not detected: use a new `--output_dir`). Low-shot subsets are drawn from the cached training features.
+
+Probes: on mean-pooled features, L2-regularised logistic regression (L-BFGS to convergence, the L2 strength swept);
+on video tokens, also the V-JEPA attentive probe (AdamW, learning rate x weight decay swept). Video clips have the
+encoder's training length and frame size, center-cropped (V-JEPA 2: after the resize of its exported video
+processor, so that the features are those stock transformers gives). The setting is chosen
+on a stratified held-out part of the training split (never on the eval split), refit on the whole training split
+and evaluated once on the eval split; a weighted kNN runs on the same features. Results go to
+`--output_dir/probe_results.json` and, for a local model folder with a `README.md` model card (and trained weights,
+not `--random_init`), into the card's model-index, with how much of each split was used and, when a chosen setting
+is the lowest or highest value swept, a note saying so (the run also warns: the sweep should be widened).
+"""
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+
+from modeling_ijepa.cli import configure_logging
+from modeling_ijepa.evaluation.arguments import parse_args
+from modeling_ijepa.evaluation.encoders import FORWARD_ARGUMENTS, PREFIX_TOKENS, load_encoder, model_identity
+from modeling_ijepa.evaluation.features import (
+    cached_features,
+    extract_features,
+    fingerprint,
+    timed,
+)
+from modeling_ijepa.evaluation.knn import knn_scores
+from modeling_ijepa.evaluation.metrics import TopKAccuracy
+from modeling_ijepa.evaluation.probes import (
+    AttentiveProbe,
+    MiniBatchTraining,
+    attentive_num_heads,
+    fit_logistic_regression,
+    sweep_and_refit,
+    train_probes,
+)
+from modeling_ijepa.evaluation.splits import load_image_splits, load_video_splits
+from modeling_ijepa.evaluation.subsets import low_shot_subset
+from modeling_ijepa.hub.probe_card import (
+    maybe_update_model_card,
+    probe_training_description,
+    split_description,
+    sweep_edge_notes,
+)
+
+logger = get_logger(__name__)
+
+
+def split_features(role: str, split: dict, data: dict, encoder, args, accelerator) -> tuple[dict, bool, Path]:
+    """Features of one split, from the cache in `--output_dir` when the same extraction was done before."""
+    pool_tokens = args.modality == "image"  # video keeps every token for the attentive probe
+    key = fingerprint(
+        {
+            "model": model_identity(args),
+            "data": split["identity"],
+            "feature_layers": args.feature_layers,
+            "pool_tokens": pool_tokens,
+            "mixed_precision": accelerator.mixed_precision,
+        }
+    )
+    path = Path(args.output_dir) / f"features_{role}_{key}.safetensors"
+
+    def extract() -> dict:
+        dataloader = DataLoader(
+            split["dataset"],
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=split["collate_fn"],
+            num_workers=args.dataloader_num_workers,
+        )
+        return extract_features(
+            encoder,
+            dataloader,
+            data["input_name"],
+            args.feature_layers,
+            pool_tokens,
+            accelerator,
+            description=f"Extracting {role} features ({split['split']})",
+            skip_tokens=PREFIX_TOKENS.get(encoder.config.model_type, 0),
+            forward_arguments=FORWARD_ARGUMENTS.get(encoder.config.model_type),
+        )
+
+    features, was_cached = cached_features(path, extract)
+    return features, was_cached, path
+
+
+def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Top-1 and top-5 (`None` when there are 5 classes or fewer, where it would always be 1)."""
+    results = TopKAccuracy(keep_in_memory=True).compute(predictions=scores.numpy(), references=labels.numpy())
+    return {"top1": results["top1"], "top5": results.get("top5")}
+
+
+def run_probes(train: dict, evaluation: dict, num_classes: int, args, device) -> dict:
+    """The linear probe on pooled features (and, on video tokens, the attentive probe), each with its sweep; kNN."""
+    train_labels, eval_labels = train["labels"], evaluation["labels"]
+    video = args.modality == "video"
+    train_pooled = train["features"].mean(dim=1) if video else train["features"]
+    eval_pooled = evaluation["features"].mean(dim=1) if video else evaluation["features"]
+
+    def fit_linear(features, labels, settings):
+        return [
+            fit_logistic_regression(
+                features, labels, num_classes, setting["weight_decay"], args.linear_max_iter, device
+            )
+            for setting in settings
+        ]
+
+    probes = {
+        "linear": (
+            fit_linear,
+            [{"weight_decay": value} for value in args.linear_weight_decays],
+            train_pooled,
+            eval_pooled,
+        )
+    }
+    if video:
+        width = train["features"].shape[-1]
+        fit_attentive = functools.partial(
+            train_probes,
+            lambda: AttentiveProbe(width, num_classes, attentive_num_heads(width)),
+            training=MiniBatchTraining(args.attentive_epochs, args.attentive_batch_size, device),
+            seed=args.seed,
+        )
+        settings = [
+            {"learning_rate": learning_rate, "weight_decay": weight_decay}
+            for learning_rate, weight_decay in itertools.product(
+                args.attentive_learning_rates, args.attentive_weight_decays
+            )
+        ]
+        probes["attentive"] = (fit_attentive, settings, train["features"], evaluation["features"])
+
+    results, timings = {}, {}
+    for name, (fit_probes, settings, train_features, eval_features) in probes.items():
+        with timed(timings, f"{name}_probe_s"):
+            outcome = sweep_and_refit(
+                fit_probes, settings, train_features, train_labels, eval_features, args.validation_fraction, args.seed
+            )
+        accuracy = top_k_accuracy(outcome.scores, eval_labels)
+        results[f"{name}_top1"], results[f"{name}_top5"] = accuracy["top1"], accuracy["top5"]
+        results[f"{name}_probe"] = {
+            "sweep": outcome.table,
+            "chosen": outcome.chosen,
+            "at_sweep_edge": outcome.at_edge,
+            "num_fit": outcome.num_fit,
+            "num_validation": outcome.num_validation,
+        }
+        for hyperparameter, note in sweep_edge_notes(results[f"{name}_probe"]).items():
+            logger.warning(
+                f"The {name} probe's {note}: the best value may lie beyond the sweep; widen --{name}_{hyperparameter}s."
+            )
+    with timed(timings, "knn_s"):
+        scores = knn_scores(train_pooled, train_labels, eval_pooled, num_classes, args.knn_k, args.knn_temperature)
+    accuracy = top_k_accuracy(scores, eval_labels)
+    results["knn_top1"], results["knn_top5"] = accuracy["top1"], accuracy["top5"]
+    results["timings"] = timings
+    return results
+
+
+def log_summary(results: dict) -> None:
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    lines = [
+        "***** Probe results *****",
+        f"  model          {results['model_name_or_path']}{' (random init)' if results['random_init'] else ''}",
+        f"  data           {results['dataset']['name']}: train {results['train_data']}; eval {results['eval_data']}",
+        f"  features       {results['features']['description']}, dim {results['features']['dim']}",
+    ]
+    for probe in ("linear", "attentive"):
+        if f"{probe}_top1" not in results:
+            continue
+        details = results[f"{probe}_probe"]
+        if details["sweep"]:
+            lines.append(f"  {probe} probe sweep (validation top-1 on {details['num_validation']} held-out examples):")
+        lines += [
+            "    "
+            + "  ".join(f"{name} {value:<8g}" for name, value in row.items() if name != "validation_top1")
+            + f"  {percent(row['validation_top1'])}"
+            for row in details["sweep"]
+        ]
+        chosen = ", ".join(f"{name} {value:g}" for name, value in details["chosen"].items())
+        accuracies = f"top-1 {percent(results[f'{probe}_top1'])}  top-5 {percent(results[f'{probe}_top5'])}"
+        lines.append(f"  {probe:<14} {accuracies}  ({chosen})")
+        lines += [f"  {'':<14} {note}: the sweep should be widened" for note in sweep_edge_notes(details).values()]
+    knn = f"kNN (k={results['knn']['k']})"
+    lines.append(f"  {knn:<14} top-1 {percent(results['knn_top1'])}  top-5 {percent(results['knn_top5'])}")
+    logger.info("\n".join(lines))
+
+
+def main(argv=None) -> dict:
+    """The `run_linear_probe.py` command: parse `argv`, probe, write `probe_results.json`; returns the results."""
+    args = parse_args(argv)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    configure_logging(accelerator.is_local_main_process)
+    if accelerator.num_processes > 1:
+        raise ValueError("Probing runs on one process: launch it with `python`, not several `accelerate` processes.")
+    return probe(args, accelerator)
+
+
+def probe(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+    """Probe the encoder that `args` (from `parse_args`) names, on `accelerator`'s device, in this process alone.
+
+    Also what pretraining runs at its end (on its main process), with the training run's accelerator."""
+    start = time.perf_counter()
+    os.makedirs(args.output_dir, exist_ok=True)
+    timings = {}
+
+    with timed(timings, "load_model_s"):
+        encoder = load_encoder(args).to(accelerator.device)
+    with timed(timings, "load_data_s"):
+        if args.modality == "image":
+            data = load_image_splits(args, encoder.config.image_size)
+        else:
+            data = load_video_splits(args, encoder.config)
+    features, cached, cache_files = {}, {}, {}
+    for role, split in data["splits"].items():
+        with timed(timings, f"extract_{role}_s"):
+            features[role], cached[role], cache_files[role] = split_features(
+                role, split, data, encoder, args, accelerator
+            )
+
+    train = features["train"]
+    class_names = data["class_names"]
+    subset = low_shot_subset(train["labels"], class_names, args.samples_per_class, args.label_fraction, args.seed)
+    if subset is not None:
+        train = {"features": train["features"][subset], "labels": train["labels"][subset]}
+    results = run_probes(train, features["eval"], len(class_names), args, accelerator.device)
+    timings |= results.pop("timings")
+
+    unit = "image" if args.modality == "image" else "video"
+    train_split, eval_split = data["splits"]["train"], data["splits"]["eval"]
+    train_data = split_description(train_split["split"], len(train["labels"]), train_split["num_available"], unit)
+    eval_data = split_description(
+        eval_split["split"], len(features["eval"]["labels"]), eval_split["num_available"], unit
+    )
+    layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
+    pooling = "mean over tokens" if args.modality == "image" else "all tokens (mean over tokens for linear and kNN)"
+    results = {
+        "model_name_or_path": args.model_name_or_path,
+        "random_init": args.random_init,
+        "modality": args.modality,
+        "dataset": data["description"],
+        "train_split": data["splits"]["train"]["split"],
+        "eval_split": data["splits"]["eval"]["split"],
+        "train_data": train_data,
+        "eval_data": eval_data,
+        "num_classes": len(class_names),
+        "class_names": class_names,
+        "sizes": {
+            "train_extracted": len(features["train"]["labels"]),
+            "train_used": len(train["labels"]),
+            "eval": len(features["eval"]["labels"]),
+            # Unreadable images; for video, the unreadable, empty or too short videos left out of the dataset.
+            "skipped": {
+                role: int(features[role]["num_skipped"]) + split.get("num_unusable", 0)
+                for role, split in data["splits"].items()
+            },
+            "max_train_samples": args.max_train_samples,
+            "max_eval_samples": args.max_eval_samples,
+        },
+        "features": {
+            "layers": args.feature_layers,
+            "description": f"{layers}, {pooling}",
+            "dim": features["train"]["features"].shape[-1],
+            "cached": cached,
+            "cache_files": {role: str(path) for role, path in cache_files.items()},
+        },
+        "low_shot": {"samples_per_class": args.samples_per_class, "label_fraction": args.label_fraction},
+        "validation_fraction": args.validation_fraction,
+        "probe_training": probe_training_description(args),
+        **results,
+        "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "votes": "exp(cosine similarity / temperature)"},
+        "seed": args.seed,
+    }
+    card_path = maybe_update_model_card(results, data, args)
+    results["model_card_updated"] = str(card_path) if card_path else None
+    timings["total_s"] = round(time.perf_counter() - start, 3)
+    results["timings"] = timings
+    with open(Path(args.output_dir) / "probe_results.json", "w") as file:
+        json.dump(results, file, indent=2)
+    log_summary(results)
+    return results

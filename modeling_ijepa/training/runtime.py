@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The run's Accelerator, the precision it really trains in, and the wall-clock limit."""
+
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration
+
+from modeling_ijepa.cli import configure_logging
+
+logger = get_logger(__name__)
+
+
+def out_of_time(accelerator, started: float, max_minutes: float | None) -> bool:
+    """Whether `max_minutes` have passed since `started` (a `time.perf_counter()` value). Every process must stop
+    at the same step, so all of them go by the slowest one's clock (a collective: call it on every process).
+    A single process reads its own clock and touches no device; several share theirs through a reduction, which
+    waits for the device (the price of stopping together on a time limit)."""
+    if max_minutes is None:
+        return False
+    if accelerator.num_processes == 1:
+        return time.perf_counter() - started >= max_minutes * 60
+    elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
+    return accelerator.reduce(elapsed, "max").item() >= max_minutes * 60
+
+
+def mixed_precision_in_use(accelerator) -> str:
+    """The mixed precision the run really trains in. Accelerate accepts `fp16` on a CPU, then runs in float32 (no
+    autocast, no gradient scaler) while still reporting `fp16`."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        return "no"
+    return accelerator.mixed_precision
+
+
+def build_accelerator(args) -> Accelerator:
+    accelerator = Accelerator(
+        # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    configure_logging(accelerator.is_local_main_process)
+    logger.info(accelerator.state, main_process_only=False)
+    if mixed_precision_in_use(accelerator) != accelerator.mixed_precision:
+        logger.warning(f"--mixed_precision {accelerator.mixed_precision} is not supported on {accelerator.device.type}: "
+                       "training in float32 (the model card says so).")
+    return accelerator
