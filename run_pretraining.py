@@ -11,7 +11,7 @@ download. At the end `--output_dir` holds the target encoder in transformers' fo
 """
 
 from modeling_ijepa.training.arguments import parse_args
-from modeling_ijepa.training.loop import main
+from modeling_ijepa.training.pretraining import main
 
 __all__ = ["main", "parse_args"]
 

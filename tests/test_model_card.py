@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 import run_pretraining
+from modeling_ijepa.data.pipeline import input_grid
 from modeling_ijepa.hub.model_card import plot_training_curves, plural, write_model_card
 from modeling_ijepa.hub.pretraining_card import MODEL_CARD_TEMPLATE, card_contents
-from modeling_ijepa.training.loop import build_schedules
+from modeling_ijepa.training.models import build_model
+from modeling_ijepa.training.pretraining import build_schedules
 
 
 @pytest.mark.parametrize(
@@ -31,11 +33,12 @@ def render_card(tmp_path, *arguments, num_processes=1, global_step=1, num_exampl
     )  # fmt: skip
     accelerator = SimpleNamespace(num_processes=num_processes, mixed_precision="no")
     state = {"global_step": global_step, "images_seen": global_step * num_processes, "batches_per_epoch": 1,
-             "log_history": [{"step": global_step, "loss": 0.5}]}  # fmt: skip
+             "log_history": [{"step": global_step, "loss": 0.5}], "wall_clock": 60.0}  # fmt: skip
     global_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
+    config = build_model(args).config
+    data = SimpleNamespace(description="fake images", examples=[None] * num_examples, grid=input_grid(config))
     values, card_data = card_contents(
-        args, accelerator, state, num_examples, "fake images", global_batch,
-        build_schedules(args, steps_per_epoch=max(1, global_step)), 60.0
+        args, accelerator, state, data, config, global_batch, build_schedules(args, steps_per_epoch=max(1, global_step))
     )
     return write_model_card(tmp_path, MODEL_CARD_TEMPLATE, values, card_data).text
 

@@ -20,7 +20,7 @@ from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaMod
 import run_pretraining
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining
 from modeling_ijepa.training import loop
-from modeling_ijepa.training.loop import build_schedules, build_step
+from modeling_ijepa.training.pretraining import build_schedules, build_step
 
 from .conftest import CIFAR10, REPO_ROOT, require
 

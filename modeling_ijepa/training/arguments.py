@@ -36,7 +36,7 @@ PRETRAINING_EXAMPLES = """examples:
 
 
 def add_image_data_arguments(group) -> None:
-    """The arguments `run_pretraining.build_image_dataset` reads (also used by the MAE baseline's trainer)."""
+    """The arguments `data.pipeline.build_image_dataset` reads (also used by the MAE baseline's trainer)."""
     group.add_argument(
         "--dataset_name", type=str, default=None,
         help="Hub id or local folder in Hub layout; with neither it nor --train_dir, scikit-learn's bundled digits.",
@@ -68,6 +68,219 @@ def add_image_data_arguments(group) -> None:
     )
 
 
+def add_data_arguments(group) -> None:
+    """The data arguments: the image ones (`add_image_data_arguments`) and those of video."""
+    add_image_data_arguments(group)
+    group.add_argument("--video_column_name", type=str, default=None, help="Video: video column; detected when absent.")
+    group.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
+    group.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
+    group.add_argument(
+        "--max_skip_fraction", type=float, default=0.1,
+        help="Stop with an error when more than this fraction of the examples read (images) or found (videos) cannot "
+             "be decoded; 0 tolerates none, 1 any number.",
+    )
+
+
+def add_model_arguments(group) -> None:
+    """The model's architecture and sizes, or the saved model to continue."""
+    group.add_argument(
+        "--architecture", choices=["vjepa", "vjepa2"], default="vjepa",
+        help="Video model: V-JEPA (Bardes et al., 2024; fixed sin-cos positions, exported with remote code) or "
+             "V-JEPA 2 (Assran et al., 2025; 3D RoPE, exported as transformers' own `vjepa2`, which stock "
+             "transformers loads). For V-JEPA 2, --image_size is its crop_size, --num_frames its frames_per_clip and "
+             "--predictor_* its pred_* fields.",
+    )
+    group.add_argument(
+        "--model_name_or_path", type=str, default=None,
+        help="Continue pretraining from a saved pretraining model (context encoder, predictor and target encoder): a "
+             "run's --output_dir or its pretraining/ folder, or for V-JEPA 2 the --output_dir of `python -m "
+             "modeling_ijepa.conversion.vjepa2`. Its sizes replace the size arguments and the crops and masks follow "
+             "its token grid; --patch_size and --tubelet_size must be those it was trained with, and so must "
+             "--image_size and --num_frames except for V-JEPA 2 (RoPE has no position table of a fixed size).",
+    )
+    group.add_argument("--image_size", type=int, default=224, help="Side of the square crops (and of the model input).")
+    group.add_argument("--patch_size", type=int, default=16, help="Side of a square patch; divides --image_size.")
+    group.add_argument("--tubelet_size", type=int, default=2, help="Video: frames per patch; divides --num_frames.")
+    group.add_argument("--hidden_size", type=int, default=768, help="Encoder width.")
+    group.add_argument("--num_hidden_layers", type=int, default=12, help="Encoder depth.")
+    group.add_argument("--num_attention_heads", type=int, default=12, help="Encoder attention heads.")
+    group.add_argument("--mlp_ratio", type=float, default=4.0, help="Encoder MLP width over --hidden_size.")
+    group.add_argument("--predictor_hidden_size", type=int, default=384, help="Predictor width (narrower than the encoder).")
+    group.add_argument("--predictor_num_hidden_layers", type=int, default=6, help="Predictor depth.")
+    group.add_argument(
+        "--predictor_num_attention_heads", type=int, default=None,
+        help="Predictor attention heads; the encoder's when not given.",
+    )
+    group.add_argument(
+        "--uniform_power", action=argparse.BooleanOptionalAction, default=True,
+        help="Video (V-JEPA): the 3D sin-cos positions give time, rows and columns equal shares of the channels, as "
+             "the reference does by default.",
+    )
+    group.add_argument(
+        "--attn_implementation", type=str, default="sdpa",
+        choices=["eager", "sdpa", "flash_attention_2", "flex_attention"],
+        help="transformers' attention implementation.",
+    )
+    group.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute activations in the backward pass to save memory."
+    )
+    group.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile.")
+    group.add_argument("--variance_loss_weight", type=float, default=0.0,
+                       help="Images: weight of a VICReg-style variance term on the context encoder's output "
+                            "(as in C-JEPA). 0 (off) reproduces the paper.")
+    group.add_argument("--covariance_loss_weight", type=float, default=0.0,
+                       help="Images: weight of a VICReg-style covariance term on the context encoder's output "
+                            "(as in C-JEPA). 0 (off) reproduces the paper.")
+
+
+def add_masking_arguments(group) -> None:
+    """The multi-block masks (images; video uses V-JEPA's fixed 3D recipe)."""
+    group.add_argument("--num_targets", type=int, default=4, help="Target blocks per image.")
+    group.add_argument(
+        "--target_scale", type=float_pair, default=(0.15, 0.2), help="Range of a target block's area, 'low,high' (a fraction of the grid)."
+    )
+    group.add_argument(
+        "--target_aspect_ratio", type=float_pair, default=(0.75, 1.5), help="Range of a target block's aspect ratio, 'low,high'."
+    )
+    group.add_argument(
+        "--context_scale", type=float_pair, default=(0.85, 1.0),
+        help="Range of the context block's area, 'low,high', before the target patches are removed from it.",
+    )
+    group.add_argument(
+        "--min_context_patches", type=int, default=10,
+        help="A context left with fewer patches once the targets are removed is drawn again.",
+    )
+    group.add_argument(
+        "--allow_overlap", action="store_true", help="Keep context patches that fall in a target block (off in the paper)."
+    )
+    group.add_argument("--full_range_placement", action="store_true",
+                         help="Let blocks reach the last row and column (the reference never does).")
+    group.add_argument("--random_subset", action="store_true",
+                         help="Equalise index lengths with a random subset instead of the reference's raster-order cut.")
+    group.add_argument("--num_mask_draws", type=int, default=1,
+                         help="Images: mask draws per image in each step, all predicted from one pass of the target "
+                              "encoder. 1 reproduces the paper.")
+
+
+def add_optimisation_arguments(group) -> None:
+    """Batch, steps, schedules, AdamW, clipping and precision."""
+    group.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
+    group.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated into one optimizer step."
+    )
+    group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    group.add_argument(
+        "--max_train_minutes", type=float, default=None,
+        help="Stop (and export) after this much training time; the schedules still follow the step count.",
+    )
+    group.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
+    group.add_argument("--start_lr", type=float, default=2e-4, help="Learning rate at the start of the warmup.")
+    group.add_argument("--final_lr", type=float, default=1e-6, help="Learning rate at the end of the cosine decay.")
+    group.add_argument("--warmup_epochs", type=float, default=0.0, help="Linear learning-rate warmup, in epochs.")
+    group.add_argument("--warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
+    group.add_argument(
+        "--weight_decay", type=float, default=0.04,
+        help="Weight decay at the start of its cosine schedule (biases and 1-D parameters are not decayed).",
+    )
+    group.add_argument("--final_weight_decay", type=float, default=0.4, help="Weight decay at the end.")
+    group.add_argument(
+        "--ema_momentum", type=float, default=0.996, help="Momentum of the target encoder's EMA at the start."
+    )
+    group.add_argument("--final_ema_momentum", type=float, default=1.0, help="EMA momentum at the end.")
+    group.add_argument(
+        "--momentum_schedule", choices=["linear", "cosine"], default="linear",
+        help="Shape of the EMA momentum's rise from --ema_momentum to --final_ema_momentum.",
+    )
+    group.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW's beta1.")
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW's beta2.")
+    group.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's epsilon.")
+    group.add_argument(
+        "--ipe_scale", type=float, default=1.0,
+        help="Stretch the learning-rate, weight-decay and momentum schedules to ipe_scale times the trained steps, so "
+             "a run stops before they reach their final values (the reference V-JEPA recipe: 1.25).",
+    )
+    group.add_argument(
+        "--max_grad_norm", type=float, default=None,
+        help="Clip the context encoder's and the predictor's gradients, each to this 2-norm on its own; off by default.",
+    )
+    group.add_argument(
+        "--clip_grad_after_warmup", action="store_true",
+        help="Clip (--max_grad_norm) only in the epochs after the warmup epochs (0-based epoch index > "
+             "--warmup_epochs), as the reference V-JEPA does.",
+    )
+    group.add_argument(
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
+    )
+    group.add_argument(
+        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
+        help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
+             "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
+             "the CPU's SDPA kernel slows down in that mode.",
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed of the initialisation, data order, crops and masks.")
+    group.add_argument(
+        "--on_nonfinite_loss", choices=["error", "skip"], default="error",
+        help="On a NaN or infinite loss: stop with an error, or skip the batch (many in a row still stop the run).",
+    )
+
+
+def add_output_arguments(group) -> None:
+    """Output folder, checkpoints, logging, trackers and the Hub."""
+    group.add_argument(
+        "--output_dir", type=str, default="outputs/ijepa",
+        help="Where the exported encoder, the pretraining model, checkpoints, curves and the model card go.",
+    )
+    group.add_argument(
+        "--checkpointing_steps", type=str, default=None,
+        help="Save a resumable checkpoint every N optimizer steps (an integer) or at the end of every 'epoch'.",
+    )
+    group.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest K checkpoints.")
+    group.add_argument(
+        "--resume_from_checkpoint", type=str, default=None,
+        help="A checkpoint folder, or 'latest': the newest one in --output_dir that is complete and finite (newer "
+             "damaged ones are skipped with a warning).",
+    )
+    group.add_argument(
+        "--allow_changed_run", action="store_true",
+        help="Resume a checkpoint even though the model, data, batch size, seed, schedules or masking differ from "
+             "those it was trained with (the differences are logged). Without it such a resume is refused.",
+    )
+    group.add_argument("--logging_steps", type=int, default=10, help="Log the loss and schedules every N steps.")
+    group.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
+
+    group.add_argument(
+        "--report_to", type=str, default=None,
+        help="An Accelerate tracker (tensorboard, wandb, ...; its package must be installed), or 'all' installed ones.",
+    )
+    group.add_argument("--push_to_hub", action="store_true", help="Upload --output_dir to the Hub at the end.")
+    group.add_argument(
+        "--hub_model_id", type=str, default=None, help="Hub repository to push to (e.g. your-name/ijepa-vit-tiny)."
+    )
+    group.add_argument(
+        "--hub_token", type=str, default=None, help="Hub token; the one of `hf auth login` when not given."
+    )
+    group.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+
+
+def add_probe_arguments(group) -> None:
+    """The probe that ends a run: the exported encoder against random initialisation."""
+    group.add_argument(
+        "--probe_after_training", action=argparse.BooleanOptionalAction, default=True,
+        help="At the end, probe the exported encoder and the same architecture at random initialisation (linear "
+             "probe and kNN on frozen features) on the data's labelled splits, and put both in the model card. "
+             "Runs when the training split has a label column and a held-out split exists (digits: always).",
+    )
+    group.add_argument("--probe_eval_split", type=str, default=None,
+                       help="Held-out split to evaluate on; by default the first of 'test', 'validation'.")
+    group.add_argument("--probe_label_column_name", type=str, default=None, help="Label column; detected when absent.")
+    group.add_argument("--probe_max_train_samples", type=int, default=5000,
+                       help="Training images the probes fit on (a seeded random subset), to keep the check cheap.")
+    group.add_argument("--probe_max_eval_samples", type=int, default=2000,
+                       help="Held-out images the probes are evaluated on (a seeded random subset).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pretraining.py", description=PRETRAINING_DESCRIPTION, epilog=PRETRAINING_EXAMPLES,
@@ -81,204 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--modality", choices=["image", "video"], default="image", help="Images train I-JEPA, videos V-JEPA.")
 
-    data = parser.add_argument_group("data")
-    add_image_data_arguments(data)
-    data.add_argument("--video_column_name", type=str, default=None, help="Video: video column; detected when absent.")
-    data.add_argument("--num_frames", type=int, default=16, help="Video: frames per clip.")
-    data.add_argument("--frame_step", type=int, default=4, help="Video: stride between sampled frames.")
-    data.add_argument(
-        "--max_skip_fraction", type=float, default=0.1,
-        help="Stop with an error when more than this fraction of the examples read (images) or found (videos) cannot "
-             "be decoded; 0 tolerates none, 1 any number.",
-    )
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--architecture", choices=["vjepa", "vjepa2"], default="vjepa",
-        help="Video model: V-JEPA (Bardes et al., 2024; fixed sin-cos positions, exported with remote code) or "
-             "V-JEPA 2 (Assran et al., 2025; 3D RoPE, exported as transformers' own `vjepa2`, which stock "
-             "transformers loads). For V-JEPA 2, --image_size is its crop_size, --num_frames its frames_per_clip and "
-             "--predictor_* its pred_* fields.",
-    )
-    model.add_argument(
-        "--model_name_or_path", type=str, default=None,
-        help="Continue pretraining from a saved pretraining model (context encoder, predictor and target encoder): a "
-             "run's --output_dir or its pretraining/ folder, or for V-JEPA 2 the --output_dir of `python -m "
-             "modeling_ijepa.convert_vjepa2`. Its sizes replace the size arguments; --patch_size and --tubelet_size "
-             "must be those it was trained with, and so must --image_size and --num_frames except for V-JEPA 2 "
-             "(RoPE has no position table of a fixed size).",
-    )
-    model.add_argument("--image_size", type=int, default=224, help="Side of the square crops (and of the model input).")
-    model.add_argument("--patch_size", type=int, default=16, help="Side of a square patch; divides --image_size.")
-    model.add_argument("--tubelet_size", type=int, default=2, help="Video: frames per patch; divides --num_frames.")
-    model.add_argument("--hidden_size", type=int, default=768, help="Encoder width.")
-    model.add_argument("--num_hidden_layers", type=int, default=12, help="Encoder depth.")
-    model.add_argument("--num_attention_heads", type=int, default=12, help="Encoder attention heads.")
-    model.add_argument("--mlp_ratio", type=float, default=4.0, help="Encoder MLP width over --hidden_size.")
-    model.add_argument("--predictor_hidden_size", type=int, default=384, help="Predictor width (narrower than the encoder).")
-    model.add_argument("--predictor_num_hidden_layers", type=int, default=6, help="Predictor depth.")
-    model.add_argument(
-        "--predictor_num_attention_heads", type=int, default=None,
-        help="Predictor attention heads; the encoder's when not given.",
-    )
-    model.add_argument(
-        "--uniform_power", action=argparse.BooleanOptionalAction, default=True,
-        help="Video (V-JEPA): the 3D sin-cos positions give time, rows and columns equal shares of the channels, as "
-             "the reference does by default.",
-    )
-    model.add_argument(
-        "--attn_implementation", type=str, default="sdpa",
-        choices=["eager", "sdpa", "flash_attention_2", "flex_attention"],
-        help="transformers' attention implementation.",
-    )
-    model.add_argument(
-        "--gradient_checkpointing", action="store_true", help="Recompute activations in the backward pass to save memory."
-    )
-    model.add_argument("--torch_compile", action="store_true", help="Compile the model with torch.compile.")
-    model.add_argument("--variance_loss_weight", type=float, default=0.0,
-                       help="Images: weight of a VICReg-style variance term on the context encoder's output "
-                            "(as in C-JEPA). 0 (off) reproduces the paper.")
-    model.add_argument("--covariance_loss_weight", type=float, default=0.0,
-                       help="Images: weight of a VICReg-style covariance term on the context encoder's output "
-                            "(as in C-JEPA). 0 (off) reproduces the paper.")
-
-    masking = parser.add_argument_group("masking")
-    masking.add_argument("--num_targets", type=int, default=4, help="Target blocks per image.")
-    masking.add_argument(
-        "--target_scale", type=float_pair, default=(0.15, 0.2), help="Range of a target block's area, 'low,high' (a fraction of the grid)."
-    )
-    masking.add_argument(
-        "--target_aspect_ratio", type=float_pair, default=(0.75, 1.5), help="Range of a target block's aspect ratio, 'low,high'."
-    )
-    masking.add_argument(
-        "--context_scale", type=float_pair, default=(0.85, 1.0),
-        help="Range of the context block's area, 'low,high', before the target patches are removed from it.",
-    )
-    masking.add_argument(
-        "--min_context_patches", type=int, default=10,
-        help="A context left with fewer patches once the targets are removed is drawn again.",
-    )
-    masking.add_argument(
-        "--allow_overlap", action="store_true", help="Keep context patches that fall in a target block (off in the paper)."
-    )
-    masking.add_argument("--full_range_placement", action="store_true",
-                         help="Let blocks reach the last row and column (the reference never does).")
-    masking.add_argument("--random_subset", action="store_true",
-                         help="Equalise index lengths with a random subset instead of the reference's raster-order cut.")
-    masking.add_argument("--num_mask_draws", type=int, default=1,
-                         help="Images: mask draws per image in each step, all predicted from one pass of the target "
-                              "encoder. 1 reproduces the paper.")
-
-    optimisation = parser.add_argument_group("optimisation")
-    optimisation.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
-    optimisation.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated into one optimizer step."
-    )
-    optimisation.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
-    optimisation.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
-    optimisation.add_argument(
-        "--max_train_minutes", type=float, default=None,
-        help="Stop (and export) after this much training time; the schedules still follow the step count.",
-    )
-    optimisation.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
-    optimisation.add_argument("--start_lr", type=float, default=2e-4, help="Learning rate at the start of the warmup.")
-    optimisation.add_argument("--final_lr", type=float, default=1e-6, help="Learning rate at the end of the cosine decay.")
-    optimisation.add_argument("--warmup_epochs", type=float, default=0.0, help="Linear learning-rate warmup, in epochs.")
-    optimisation.add_argument("--warmup_steps", type=int, default=None, help="Overrides --warmup_epochs.")
-    optimisation.add_argument(
-        "--weight_decay", type=float, default=0.04,
-        help="Weight decay at the start of its cosine schedule (biases and 1-D parameters are not decayed).",
-    )
-    optimisation.add_argument("--final_weight_decay", type=float, default=0.4, help="Weight decay at the end.")
-    optimisation.add_argument(
-        "--ema_momentum", type=float, default=0.996, help="Momentum of the target encoder's EMA at the start."
-    )
-    optimisation.add_argument("--final_ema_momentum", type=float, default=1.0, help="EMA momentum at the end.")
-    optimisation.add_argument(
-        "--momentum_schedule", choices=["linear", "cosine"], default="linear",
-        help="Shape of the EMA momentum's rise from --ema_momentum to --final_ema_momentum.",
-    )
-    optimisation.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW's beta1.")
-    optimisation.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW's beta2.")
-    optimisation.add_argument("--adam_epsilon", type=float, default=1e-8, help="AdamW's epsilon.")
-    optimisation.add_argument(
-        "--ipe_scale", type=float, default=1.0,
-        help="Stretch the learning-rate, weight-decay and momentum schedules to ipe_scale times the trained steps, so "
-             "a run stops before they reach their final values (the reference V-JEPA recipe: 1.25).",
-    )
-    optimisation.add_argument(
-        "--max_grad_norm", type=float, default=None,
-        help="Clip the context encoder's and the predictor's gradients, each to this 2-norm on its own; off by default.",
-    )
-    optimisation.add_argument(
-        "--clip_grad_after_warmup", action="store_true",
-        help="Clip (--max_grad_norm) only in the epochs after the warmup epochs (0-based epoch index > "
-             "--warmup_epochs), as the reference V-JEPA does.",
-    )
-    optimisation.add_argument(
-        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
-    )
-    optimisation.add_argument(
-        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
-        help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
-             "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
-             "the CPU's SDPA kernel slows down in that mode.",
-    )
-    optimisation.add_argument("--seed", type=int, default=0, help="Seed of the initialisation, data order, crops and masks.")
-    optimisation.add_argument(
-        "--on_nonfinite_loss", choices=["error", "skip"], default="error",
-        help="On a NaN or infinite loss: stop with an error, or skip the batch (many in a row still stop the run).",
-    )
-
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--output_dir", type=str, default="outputs/ijepa",
-        help="Where the exported encoder, the pretraining model, checkpoints, curves and the model card go.",
-    )
-    output.add_argument(
-        "--checkpointing_steps", type=str, default=None,
-        help="Save a resumable checkpoint every N optimizer steps (an integer) or at the end of every 'epoch'.",
-    )
-    output.add_argument("--checkpoints_total_limit", type=int, default=2, help="Keep only the newest K checkpoints.")
-    output.add_argument(
-        "--resume_from_checkpoint", type=str, default=None,
-        help="A checkpoint folder, or 'latest': the newest one in --output_dir that is complete and finite (newer "
-             "damaged ones are skipped with a warning).",
-    )
-    output.add_argument(
-        "--allow_changed_run", action="store_true",
-        help="Resume a checkpoint even though the model, data, batch size, seed, schedules or masking differ from "
-             "those it was trained with (the differences are logged). Without it such a resume is refused.",
-    )
-    output.add_argument("--logging_steps", type=int, default=10, help="Log the loss and schedules every N steps.")
-    output.add_argument("--monitor_steps", type=int, default=50, help="Collapse monitor every N steps.")
-
-    probe = parser.add_argument_group("probe after training (images with labels)")
-    probe.add_argument(
-        "--probe_after_training", action=argparse.BooleanOptionalAction, default=True,
-        help="At the end, probe the exported encoder and the same architecture at random initialisation (linear "
-             "probe and kNN on frozen features) on the data's labelled splits, and put both in the model card. "
-             "Runs when the training split has a label column and a held-out split exists (digits: always).",
-    )
-    probe.add_argument("--probe_eval_split", type=str, default=None,
-                       help="Held-out split to evaluate on; by default the first of 'test', 'validation'.")
-    probe.add_argument("--probe_label_column_name", type=str, default=None, help="Label column; detected when absent.")
-    probe.add_argument("--probe_max_train_samples", type=int, default=5000,
-                       help="Training images the probes fit on (a seeded random subset), to keep the check cheap.")
-    probe.add_argument("--probe_max_eval_samples", type=int, default=2000,
-                       help="Held-out images the probes are evaluated on (a seeded random subset).")
-    output.add_argument(
-        "--report_to", type=str, default=None,
-        help="An Accelerate tracker (tensorboard, wandb, ...; its package must be installed), or 'all' installed ones.",
-    )
-    output.add_argument("--push_to_hub", action="store_true", help="Upload --output_dir to the Hub at the end.")
-    output.add_argument(
-        "--hub_model_id", type=str, default=None, help="Hub repository to push to (e.g. your-name/ijepa-vit-tiny)."
-    )
-    output.add_argument(
-        "--hub_token", type=str, default=None, help="Hub token; the one of `hf auth login` when not given."
-    )
-    output.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
+    add_data_arguments(parser.add_argument_group("data"))
+    add_model_arguments(parser.add_argument_group("model"))
+    add_masking_arguments(parser.add_argument_group("masking"))
+    add_optimisation_arguments(parser.add_argument_group("optimisation"))
+    add_output_arguments(parser.add_argument_group("output"))
+    add_probe_arguments(parser.add_argument_group("probe after training (images with labels)"))
     return parser
 
 

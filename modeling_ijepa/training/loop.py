@@ -1,100 +1,77 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The pretraining loop: one function, `train`, that builds the run from its arguments, trains through
-`PretrainingStep`, checkpoints, resumes and stops on time, on a signal or on divergence."""
+"""The training-loop core that I-JEPA, V-JEPA and any baseline (the MAE benchmark) share.
+
+A method brings its model, its optimisation step (a `PretrainingStep`) and its data (`TrainingData`); `TrainingLoop`
+runs the epochs: it feeds each batch to the step, counts optimizer steps, logs, checkpoints every N steps or epochs,
+resumes mid-epoch on exactly the batches and masks an uninterrupted run would see, and stops at the last step, at
+`max_train_minutes`, on a preemption signal (checkpointing first) or when the loss diverges.
+"""
 
 import contextlib
 import functools
-import math
+import inspect
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from modeling_ijepa.data.in_memory import pixel_values_of
-from modeling_ijepa.data.pipeline import build_dataloader
-from modeling_ijepa.data.skipping import check_data_was_usable
-from modeling_ijepa.hub.pretraining_card import card_contents
-from modeling_ijepa.hub.publish import export_final_model
-from modeling_ijepa.training.arguments import parse_args
+from modeling_ijepa.data.pipeline import TrainingData
 from modeling_ijepa.training.checkpointing import (
     check_finite_state,
-    data_fingerprint,
     latest_checkpoint,
     load_checkpoint,
-    run_fingerprint,
     save_checkpoint,
 )
 from modeling_ijepa.training.collapse import collapse_statistics
-from modeling_ijepa.training.models import build_model
-from modeling_ijepa.training.optimization import NonFiniteLossError, PretrainingStep, build_optimizer
-from modeling_ijepa.training.run_control import (
-    PREEMPTION_EXIT_CODE,
-    OutputDirLock,
-    Preempted,
-    PreemptionHandler,
-)
-from modeling_ijepa.training.runtime import build_accelerator, out_of_time
-from modeling_ijepa.training.schedules import Schedules
+from modeling_ijepa.training.optimization import NonFiniteLossError, PretrainingStep
+from modeling_ijepa.training.run_control import PREEMPTION_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler
+from modeling_ijepa.training.runtime import out_of_time
 
 logger = get_logger(__name__)
 
-
-# With --on_nonfinite_loss skip, this many skipped batches in a row mean the run has diverged: stop it.
+# With `on_nonfinite_loss="skip"`, this many skipped batches in a row mean the run has diverged: stop it.
 MAX_CONSECUTIVE_NONFINITE = 10
 
-
-# Settings besides the model, data, batch, seed and schedules that change what a step computes: a resumed run must
-# keep them (they go into the run fingerprint that every checkpoint stores).
-TRAJECTORY_ARGUMENTS = (
-    "modality", "crop_scale", "num_frames", "frame_step", "num_targets", "target_scale", "target_aspect_ratio",
-    "context_scale", "min_context_patches", "allow_overlap", "full_range_placement", "random_subset", "adam_beta1",
-    "adam_beta2", "adam_epsilon", "max_grad_norm", "clip_grad_after_warmup", "gradient_accumulation_steps",
-    "horizontal_flip", "num_mask_draws",
-)
-
-
-# What a run holds until it ends: the lock on --output_dir and the preemption signal handlers. `main` releases them;
-# a process that ends otherwise releases them by ending.
+# What a run holds until it ends: the lock on its output folder and the preemption signal handlers. The entry point
+# releases them (`with RUN_RESOURCES:`); a process that ends otherwise releases them by ending.
 RUN_RESOURCES = contextlib.ExitStack()
 
 
-def build_schedules(args, steps_per_epoch: int) -> Schedules:
-    total_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    warmup_steps = args.warmup_steps if args.warmup_steps is not None else int(args.warmup_epochs * steps_per_epoch)
-    schedule_steps = int(args.ipe_scale * total_steps)
-    return Schedules(
-        total_steps=total_steps, warmup_steps=min(warmup_steps, schedule_steps), lr=args.learning_rate,
-        start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
-        final_weight_decay=args.final_weight_decay, ema_momentum=args.ema_momentum,
-        final_ema_momentum=args.final_ema_momentum, momentum_schedule=args.momentum_schedule,
-        ipe_scale=args.ipe_scale,
-    )
+@dataclass
+class LoopSettings:
+    """When the loop logs, checkpoints and stops.
 
+    total_steps: optimizer steps of the whole run.
+    num_epochs: epochs it takes (the last one may stop early).
+    logging_steps: log every this many optimizer steps.
+    monitor_steps: add the collapse statistics of the target features every this many steps (and at steps 1 and
+        the last); None for a model without targets.
+    checkpointing_steps: a number (every N optimizer steps), "epoch", or None (no checkpoints).
+    checkpoints_total_limit: keep the newest this many checkpoints (None: all).
+    max_train_minutes: stop, checkpointing when checkpoints are on, after this long (None: no limit).
+    image_size: the crop size of in-memory batches, made on the device (`pixel_values_of`).
+    """
 
-def build_step(args, accelerator, model, optimizer, schedules: Schedules) -> PretrainingStep:
-    # The reference V-JEPA clips only once the 0-based epoch index is past the warmup epochs.
-    clip_after = args.warmup_epochs if args.clip_grad_after_warmup else None
-    return PretrainingStep(
-        accelerator, model, optimizer, schedules, max_grad_norm=args.max_grad_norm, clip_grad_after_epoch=clip_after,
-        on_nonfinite_loss=args.on_nonfinite_loss,
-    )
+    total_steps: int
+    num_epochs: int
+    logging_steps: int = 10
+    monitor_steps: int | None = None
+    checkpointing_steps: int | str | None = None
+    checkpoints_total_limit: int | None = None
+    max_train_minutes: float | None = None
+    image_size: int | None = None
 
-
-def model_inputs(batch: dict, modality: str) -> dict:
-    pixel_key = "pixel_values_videos" if modality == "video" else "pixel_values"
-    return {pixel_key: batch[pixel_key], "context_indices": batch["context_indices"], "target_indices": batch["target_indices"]}
-
-
-def first_targets(targets):
-    return targets[0] if isinstance(targets, list) else targets
+    @property
+    def checkpoint_every(self) -> int | None:
+        return int(self.checkpointing_steps) if str(self.checkpointing_steps).isdigit() else None
 
 
 class SkippedBatches:
-    """`--on_nonfinite_loss skip`: the step skips a batch whose loss is not finite; MAX_CONSECUTIVE_NONFINITE
+    """`on_nonfinite_loss="skip"`: the step skips a batch whose loss is not finite; MAX_CONSECUTIVE_NONFINITE
     skipped batches in a row mean the run has diverged, and stop it."""
 
     def __init__(self):
@@ -112,8 +89,9 @@ class SkippedBatches:
         logger.warning(message + " Skipping this batch.", main_process_only=False)
 
 
-def prepare_output_dir(args, accelerator) -> Path:
-    output_dir = Path(args.output_dir)
+def prepare_output_dir(output_dir: str | Path, accelerator) -> Path:
+    """`output_dir`, created and locked for this run on the main process (a second run in it is refused)."""
+    output_dir = Path(output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if not os.access(output_dir, os.W_OK):
@@ -122,18 +100,19 @@ def prepare_output_dir(args, accelerator) -> Path:
     return output_dir
 
 
-def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: int, run: dict) -> dict:
-    """The run's counters, log and fingerprint `run`: fresh, or read from `--resume_from_checkpoint` (a folder or
+def initial_state(resume_from: str | None, output_dir: Path, model, optimizer, batches_per_epoch: int, run: dict,
+                  allow_changed_run: bool = False) -> dict:
+    """The run's counters, log and fingerprint `run`: fresh, or read from checkpoint `resume_from` (a folder or
     `latest`), which must have been written by the same run (see `checkpointing.check_resume`)."""
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
              "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0, "run": run}
-    checkpoint = args.resume_from_checkpoint
+    checkpoint = resume_from
     if checkpoint == "latest":
         checkpoint = latest_checkpoint(output_dir)
         if checkpoint is None:
             logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
     if checkpoint:
-        state = load_checkpoint(checkpoint, model, optimizer, run, allow_run_changes=args.allow_changed_run)
+        state = load_checkpoint(checkpoint, model, optimizer, run, allow_run_changes=allow_changed_run)
         state["run"] = run
         logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
                     f"batch {state['batches_in_epoch']}).")
@@ -143,6 +122,11 @@ def initial_state(args, output_dir: Path, model, optimizer, batches_per_epoch: i
 def last_checkpoint_name(output_dir: Path) -> str | None:
     checkpoint = latest_checkpoint(output_dir)
     return str(checkpoint) if checkpoint is not None else None
+
+
+def first_targets(targets):
+    """The target features of a model output: the first mask type's for V-JEPA (a list, one per mask type)."""
+    return targets[0] if isinstance(targets, list) else targets
 
 
 def log_entry(accelerator, result, state: dict, epoch: int, monitor: bool) -> dict:
@@ -157,143 +141,134 @@ def log_entry(accelerator, result, state: dict, epoch: int, monitor: bool) -> di
         part = getattr(result.output, name, None)
         if part is not None:
             entry[name] = accelerator.reduce(part.detach(), "mean").item()
-    if monitor:
-        entry |= collapse_statistics(first_targets(result.output.targets))
+    targets = getattr(result.output, "targets", None)
+    if monitor and targets is not None:
+        entry |= collapse_statistics(first_targets(targets))
     return entry
 
 
-def train(args, step_callback=None):
-    """Run pretraining; returns `(accelerator, model, state, card)` where card holds the model-card values.
+class TrainingLoop:
+    """Runs the epochs of one run (see the module docstring); `run()` returns the final `state`.
 
-    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
-    accelerator = build_accelerator(args)
-    set_seed(args.seed)
-    if args.matmul_precision is not None:
-        torch.set_float32_matmul_precision(args.matmul_precision)
-    output_dir = prepare_output_dir(args, accelerator)
+    Args:
+        accelerator, model, optimizer: as `accelerator.prepare` returned them.
+        train_step: the method's `PretrainingStep` over that model and optimizer.
+        data: the run's `TrainingData` (its DataLoader prepared too).
+        state: `initial_state(...)`: fresh, or a resumed run's counters.
+        settings: `LoopSettings`.
+        output_dir: where checkpoints go.
+        step_callback: `step_callback(accelerator, unwrapped_model, step)` after every optimizer step.
+    """
 
-    examples, collate, dataloader, description = build_dataloader(args, accelerator)
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    def __init__(self, accelerator, model, optimizer, train_step: PretrainingStep, data: TrainingData, state: dict,
+                 settings: LoopSettings, output_dir: Path, step_callback=None):
+        self.accelerator, self.model, self.optimizer, self.train_step = accelerator, model, optimizer, train_step
+        self.data, self.state, self.settings, self.output_dir = data, state, settings, Path(output_dir)
+        self.step_callback = step_callback
+        self.unwrapped = accelerator.unwrap_model(model)
+        # The batch keys the model's forward takes: the pixels, and the mask indices for a JEPA model.
+        self.input_names = frozenset(inspect.signature(self.unwrapped.forward).parameters)
+        self.kept_checkpoint = functools.partial(last_checkpoint_name, self.output_dir)
+        self.skipped_batches = SkippedBatches()
+        self.started = time.perf_counter() - state["wall_clock"]
+        self.preemption = None
 
-    model = build_model(args)
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
-    optimizer = build_optimizer(model, args.learning_rate, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
-    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
-    if args.torch_compile:
-        model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
-    unwrapped = accelerator.unwrap_model(model)
+    def out_of_time(self) -> bool:
+        return out_of_time(self.accelerator, self.started, self.settings.max_train_minutes)
 
-    batches_per_epoch = len(dataloader)
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    schedules = build_schedules(args, steps_per_epoch)
-    total_steps = schedules.total_steps
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    if args.report_to:
-        accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
-    data = data_fingerprint(examples.dataset, description, args.train_split)
-    run = run_fingerprint(unwrapped.config, data, global_batch, batches_per_epoch, args.seed, schedules,
-                          {name: getattr(args, name) for name in TRAJECTORY_ARGUMENTS})
-    state = initial_state(args, output_dir, unwrapped, optimizer, batches_per_epoch, run)
-    preemption = RUN_RESOURCES.enter_context(PreemptionHandler())
+    def run(self) -> dict:
+        state, settings = self.state, self.settings
+        self.preemption = RUN_RESOURCES.enter_context(PreemptionHandler())
+        self.progress = tqdm(range(settings.total_steps), initial=state["global_step"],
+                             disable=not self.accelerator.is_local_main_process)
+        self.model.train()
+        for epoch in range(state["epoch"], settings.num_epochs):
+            if state["global_step"] >= settings.total_steps or self.out_of_time() or self.preemption.stopped:
+                break
+            if self.run_epoch(epoch):
+                break
+            state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
+            if settings.checkpointing_steps == "epoch":
+                self.save(state["global_step"])
+        self.progress.close()
+        self.finish()
+        state["wall_clock"] = time.perf_counter() - self.started
+        return state
 
-    logger.info(f"***** Pretraining ({args.modality}) *****")
-    logger.info(f"  Examples = {len(examples)}, epochs = {num_epochs}, optimizer steps = {total_steps}")
-    logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
-    progress = tqdm(range(total_steps), initial=state["global_step"], disable=not accelerator.is_local_main_process)
-    checkpoint_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
-    started = time.perf_counter() - state["wall_clock"]
-    train_step = build_step(args, accelerator, model, optimizer, schedules)
-    kept_checkpoint = functools.partial(last_checkpoint_name, output_dir)  # named when a non-finite loss stops the run
-    skipped_batches = SkippedBatches()
+    def run_epoch(self, epoch: int) -> bool:
+        """Train on one epoch's batches; returns whether the run stops within it."""
+        state = self.state
+        # A resumed epoch starts after the batches its checkpoint had seen, with the same data and mask draws.
+        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
+        state["epoch"], state["batches_in_epoch"] = epoch, skip
+        for batch in self.data.epoch_batches(self.accelerator, epoch, skip):
+            state["batches_in_epoch"] += 1
+            state["num_skipped"] += batch.pop("num_skipped", 0)
+            batch = pixel_values_of(batch, self.settings.image_size)  # in-memory data: crops made on the device
+            inputs = {name: value for name, value in batch.items() if name in self.input_names}
+            if self.unwrapped.main_input_name not in inputs:  # every example of this batch was unreadable
+                continue
+            if self.train_batch(inputs, epoch):
+                return True
+        return False
 
-    def save(step: int) -> None:
-        train_step.raise_if_nonfinite(kept_checkpoint)  # never checkpoint non-finite weights
+    def train_batch(self, inputs: dict, epoch: int) -> bool:
+        """One step's share of work on `inputs`; returns whether the run stops after it."""
+        state, settings = self.state, self.settings
+        result = self.train_step(inputs, step=state["global_step"] + 1, epoch=epoch)
+        self.skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)
+        if result.skipped:
+            return False
+        state["images_seen"] += len(inputs[self.unwrapped.main_input_name]) * self.accelerator.num_processes
+        if not result.updated:
+            return False
+        state["global_step"] = step = state["global_step"] + 1
+        self.progress.update(1)
+        if self.step_callback is not None:
+            self.step_callback(self.accelerator, self.unwrapped, step)
+        stopping = step >= settings.total_steps or self.out_of_time()
+        # Step 1's targets come from the target encoder as initialised: the reference the collapse plot needs.
+        monitor = settings.monitor_steps is not None and (step == 1 or step % settings.monitor_steps == 0 or stopping)
+        if step % settings.logging_steps == 0 or monitor or stopping:
+            self.log(result, epoch, monitor)
+        saved = settings.checkpoint_every is not None and step % settings.checkpoint_every == 0
+        if saved:
+            self.save(step)
+        if stopping or self.preemption.should_stop():
+            # The last step (or a time-limited stop) leaves a checkpoint too, when checkpoints are asked for; a
+            # preempted run always does (and logs as if it went on, so that its resumed log is the same).
+            if (settings.checkpointing_steps or self.preemption.stopped) and not saved:
+                self.save(step)
+            return True
+        return False
+
+    def log(self, result, epoch: int, monitor: bool) -> None:
+        self.train_step.raise_if_nonfinite(self.kept_checkpoint)
+        entry = log_entry(self.accelerator, result, self.state, epoch, monitor)
+        self.state["log_history"].append(entry)
+        self.progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
+        self.accelerator.log(entry, step=self.state["global_step"])
+
+    def save(self, step: int) -> None:
+        accelerator = self.accelerator
+        self.train_step.raise_if_nonfinite(self.kept_checkpoint)  # never checkpoint non-finite weights
         if not accelerator.is_main_process:  # the main process checks in save_checkpoint; all stop together
-            check_finite_state(unwrapped, optimizer, output_dir / f"checkpoint-{step}")
+            check_finite_state(self.unwrapped, self.optimizer, self.output_dir / f"checkpoint-{step}")
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            state["wall_clock"] = time.perf_counter() - started
-            path = save_checkpoint(output_dir, step, unwrapped, optimizer, state, args.checkpoints_total_limit)
+            self.state["wall_clock"] = time.perf_counter() - self.started
+            path = save_checkpoint(self.output_dir, step, self.unwrapped, self.optimizer, self.state,
+                                   self.settings.checkpoints_total_limit)
             logger.info(f"Saved {path}")
         accelerator.wait_for_everyone()
 
-    model.train()
-    for epoch in range(state["epoch"], num_epochs):
-        if state["global_step"] >= total_steps or out_of_time(accelerator, started, args.max_train_minutes) \
-                or preemption.stopped:
-            break
-        # A resumed epoch starts after the batches its checkpoint had seen, with the same data and mask draws.
-        skip = state["batches_in_epoch"] if epoch == state["epoch"] else 0
-        examples.set_epoch(epoch)
-        dataloader.set_epoch(epoch)
-        collate.set_epoch(epoch, start_batch=skip)
-        epoch_loader = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        state["epoch"], state["batches_in_epoch"] = epoch, skip
-        for batch in epoch_loader:
-            state["batches_in_epoch"] += 1
-            state["num_skipped"] += batch.pop("num_skipped", 0)
-            if "context_indices" not in batch:  # every example of this batch was unreadable
-                continue
-            batch = pixel_values_of(batch, args.image_size)  # --in_memory_data: crops made on the device
-            inputs = model_inputs(batch, args.modality)
-            result = train_step(inputs, step=state["global_step"] + 1, epoch=epoch)
-            skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)
-            if result.skipped:
-                continue
-            state["images_seen"] += len(next(iter(inputs.values()))) * accelerator.num_processes
-            if not result.updated:
-                continue
-            state["global_step"] = step = state["global_step"] + 1
-            progress.update(1)
-            if step_callback is not None:
-                step_callback(accelerator, unwrapped, step)
-            stopping = step >= total_steps or out_of_time(accelerator, started, args.max_train_minutes)
-            # Step 1's targets come from the target encoder as initialised: the reference the collapse plot needs.
-            monitor = step == 1 or step % args.monitor_steps == 0 or stopping
-            if step % args.logging_steps == 0 or monitor:
-                train_step.raise_if_nonfinite(kept_checkpoint)
-                entry = log_entry(accelerator, result, state, epoch, monitor)
-                state["log_history"].append(entry)
-                progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
-                accelerator.log(entry, step=step)
-            saved = checkpoint_every is not None and step % checkpoint_every == 0
-            if saved:
-                save(step)
-            if stopping or preemption.should_stop():
-                # The last step (or a time-limited stop) leaves a checkpoint too, when checkpoints are asked for;
-                # a preempted run always does (and logs as if it went on, so that its resumed log is the same).
-                if (args.checkpointing_steps or preemption.stopped) and not saved:
-                    save(step)
-                break
-        else:
-            state["epoch"], state["batches_in_epoch"] = epoch + 1, 0
-            if args.checkpointing_steps == "epoch":
-                save(state["global_step"])
-    progress.close()
-    train_step.raise_if_nonfinite(kept_checkpoint)
-    if preemption.stopped:
-        checkpoint = output_dir / f"checkpoint-{state['global_step']}"
-        logger.warning(f"Stopped by {preemption.received} after step {state['global_step']} and saved {checkpoint}: "
-                       f"exiting with code {PREEMPTION_EXIT_CODE}; resume with --resume_from_checkpoint latest.")
-        accelerator.end_training()
-        raise Preempted(preemption.received, checkpoint)
-    if state["num_skipped"]:
-        logger.warning(f"Skipped {state['num_skipped']} unreadable examples in total.")
-    check_data_was_usable(accelerator, state, args.max_skip_fraction)
-
-    wall_clock = time.perf_counter() - started
-    card = card_contents(args, accelerator, state, len(examples), description, global_batch, schedules, wall_clock)
-    return accelerator, model, state, card
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    with RUN_RESOURCES:
-        accelerator, model, state, (card_values, card_data) = train(args)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            export_final_model(accelerator, model, args, state["log_history"], card_values, card_data)
-            logger.info(f"Saved the exported encoder and model card to {args.output_dir}")
-        accelerator.end_training()
-    return state
+    def finish(self) -> None:
+        """After the last step: refuse a diverged run, and exit for a preempted one (its checkpoint is written)."""
+        self.train_step.raise_if_nonfinite(self.kept_checkpoint)
+        if self.preemption.stopped:
+            checkpoint = self.output_dir / f"checkpoint-{self.state['global_step']}"
+            logger.warning(f"Stopped by {self.preemption.received} after step {self.state['global_step']} and saved "
+                           f"{checkpoint}: exiting with code {PREEMPTION_EXIT_CODE}; resume with "
+                           "--resume_from_checkpoint latest.")
+            self.accelerator.end_training()
+            raise Preempted(self.preemption.received, checkpoint)

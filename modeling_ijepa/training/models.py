@@ -108,11 +108,9 @@ def load_pretraining_model(args):
     """The pretraining model saved at --model_name_or_path (see `pretraining_source`), to continue pretraining it:
     context encoder, predictor and target encoder, every tensor present and finite.
 
-    Its sizes replace the size arguments, so that the model card and the saved hyperparameters describe it. The
-    data and the masks are built from --image_size, --patch_size, --num_frames and --tubelet_size before the model,
-    so it must have been trained with them; V-JEPA 2 alone takes the run's frame size and clip length (RoPE reads
-    positions off the token grid, with no table of a fixed size: its reference cool-down continues a 16-frame
-    model on 64 frames)."""
+    Its sizes replace the size arguments, so that the saved hyperparameters describe it, and the data and masks
+    are cut to its grid. V-JEPA 2 alone takes the run's frame size and clip length (RoPE reads positions off the
+    token grid, with no table of a fixed size: its reference cool-down continues a 16-frame model on 64 frames)."""
     model_type = model_type_of(args)
     source = pretraining_source(args.model_name_or_path)
     saved = PreTrainedConfig.get_config_dict(source)[0]
@@ -141,24 +139,31 @@ def load_pretraining_model(args):
     return model
 
 
-def adopt_saved_sizes(args, config, model_type: str, source: str) -> None:
-    """Set the size arguments to those of a loaded model's `config`, logging each change; refuse a model whose token
-    grid differs from the one the data and masks are built on."""
+def model_sizes(config, model_type: str) -> dict:
+    """The sizes of a model with `config`, under the script's argument names (`image_size`, `hidden_size`,
+    `predictor_hidden_size`, `mlp_ratio`, ...; `num_frames` and `tubelet_size` for video)."""
     if model_type == "vjepa2":
-        saved = {name: getattr(config, field) for name, field in VJEPA2_FIELDS.items()}
-        grid = ("patch_size", "tubelet_size")
-    else:
-        names = [*SIZE_ARGUMENTS, *(("num_frames", "tubelet_size") if model_type == "vjepa" else ())]
-        saved = {name: getattr(config, name) for name in names}
-        saved["mlp_ratio"] = config.intermediate_size / config.hidden_size
-        grid = ("image_size", "patch_size", "num_frames", "tubelet_size")
+        return {name: getattr(config, field) for name, field in VJEPA2_FIELDS.items()}
+    names = [*SIZE_ARGUMENTS, *(("num_frames", "tubelet_size") if model_type == "vjepa" else ())]
+    sizes = {name: getattr(config, name) for name in names}
+    sizes["mlp_ratio"] = config.intermediate_size / config.hidden_size
+    return sizes
+
+
+def adopt_saved_sizes(args, config, model_type: str, source: str) -> None:
+    """Set the size arguments to those of a loaded model's `config`, logging each change, so that the saved
+    hyperparameters describe the model. Its token grid is refused when the arguments name another one: the data
+    and masks follow the model's config, and a run must not silently ignore what it was asked for."""
+    # V-JEPA 2 takes the run's frame size and clip length (`load_pretraining_model` passes them to its config).
+    grid = ("patch_size", "tubelet_size") if model_type == "vjepa2" else (
+        "image_size", "patch_size", "num_frames", "tubelet_size")
     changes = []
-    for name, value in saved.items():
+    for name, value in model_sizes(config, model_type).items():
         if getattr(args, name) == value:
             continue
         if name in grid:
             raise ValueError(
-                f"{source} was trained with {name} {value}, but this run builds its data and masks with --{name} "
+                f"{source} was trained with {name} {value}, but this run was given --{name} "
                 f"{getattr(args, name)}: pass --{name} {value}."
             )
         changes.append(f"--{name} {value} (was {getattr(args, name)})")

@@ -95,8 +95,9 @@ class PretrainingStep:
 
     Args:
         accelerator: the run's `accelerate.Accelerator` (backward, gradient accumulation, clipping across processes).
-        model: the pretraining model as `accelerator.prepare` returned it (its unwrapped form has `context_encoder`,
-            `predictor` and `update_target_encoder`).
+        model: the pretraining model as `accelerator.prepare` returned it. A JEPA model (its unwrapped form has
+            `context_encoder`, `predictor` and `update_target_encoder`) gets each network clipped to its own norm and
+            the EMA update after each optimizer step; any other model (the MAE baseline) is clipped as a whole.
         optimizer: the optimizer over `parameter_groups`, prepared or not.
         schedules: the run's `Schedules`.
         max_grad_norm: clip each network's gradient 2-norm to this; None for no clipping.
@@ -157,15 +158,24 @@ class PretrainingStep:
             clipped = accelerator.sync_gradients and self.clips_at(epoch)
             if clipped:
                 # Each network to its own norm: one joint norm would also scale the network with small gradients.
-                accelerator.clip_grad_norm_(self.unwrapped.context_encoder.parameters(), self.max_grad_norm)
-                accelerator.clip_grad_norm_(self.unwrapped.predictor.parameters(), self.max_grad_norm)
+                for network in self.trained_networks:
+                    accelerator.clip_grad_norm_(network.parameters(), self.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if not accelerator.sync_gradients:
             return StepResult(loss, output, lr, weight_decay, None, updated=False)
-        momentum = self.schedules.momentum(step)
-        self.unwrapped.update_target_encoder(momentum)
+        momentum = None
+        if hasattr(self.unwrapped, "update_target_encoder"):  # a JEPA model: its target encoder follows by EMA
+            momentum = self.schedules.momentum(step)
+            self.unwrapped.update_target_encoder(momentum)
         return StepResult(loss, output, lr, weight_decay, momentum, updated=True, clipped=clipped)
+
+    @property
+    def trained_networks(self) -> list[torch.nn.Module]:
+        """The networks clipped one by one: a JEPA model's context encoder and predictor, else the whole model."""
+        if hasattr(self.unwrapped, "context_encoder") and hasattr(self.unwrapped, "predictor"):
+            return [self.unwrapped.context_encoder, self.unwrapped.predictor]
+        return [self.unwrapped]
 
     def all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every process (a collective that reads one value back)."""
