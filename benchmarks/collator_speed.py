@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Speed of the mask collators against straightforward per-sample samplers with the reference semantics.
 
-    python benchmarks/collator_speed.py [--rounds 30] [--calls-per-round 10] [--num-threads 1]
+    python -m benchmarks.collator_speed [--rounds 30] [--calls-per-round 10] [--num-threads 1]
 
 Prints a table and writes `benchmarks/results/collator_speed.json`. Times `sample_indices` alone (the
 image/video stacking is the same `default_collate` for every collator). Collators run in DataLoader
@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -23,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS.parent))
-
-from reference_collator import ReferenceMultiBlock3DSampler, ReferenceMultiBlockSampler
-
+from benchmarks.reference_collator import ReferenceMultiBlock3DSampler, ReferenceMultiBlockSampler
 from modeling_ijepa.data.masking import MultiBlock3DMaskCollator, MultiBlockMaskCollator
+
+BENCHMARKS = Path(__file__).resolve().parent
 
 # I-JEPA paper settings (ViT-H/14 on 224px images gives the 16x16 grid; ViT-*/16 gives 14x14).
 IMAGE_SETTINGS = {
@@ -69,26 +66,14 @@ def cpu_model() -> str:
         return platform.machine()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=30, help="timing rounds, each one reference batch")
-    parser.add_argument("--calls-per-round", type=int, default=10, help="batches of our collators per round")
-    parser.add_argument("--num-threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--output", type=Path, default=BENCHMARKS / "results" / "collator_speed.json")
-    args = parser.parse_args()
-    torch.set_num_threads(args.num_threads)
-
+def build_cases() -> list[tuple]:
+    """(name, grid, batch size, ours, ours with options, reference) of every timed setting."""
     cases = []
     for grid in (14, 16):
         reference = ReferenceMultiBlockSampler((grid, grid), min_keep=10, seed=0, **IMAGE_SETTINGS)
         ours = MultiBlockMaskCollator(grid * 16, 16, min_context_patches=10, seed=0, **IMAGE_SETTINGS)
         with_options = MultiBlockMaskCollator(
-            grid * 16,
-            16,
-            min_context_patches=10,
-            full_range_placement=True,
-            random_subset=True,
-            seed=0,
+            grid * 16, 16, min_context_patches=10, full_range_placement=True, random_subset=True, seed=0,
             **IMAGE_SETTINGS,
         )
         cases.append((f"I-JEPA {grid}x{grid}", [grid, grid], 128, ours, with_options, reference))
@@ -99,42 +84,67 @@ def main() -> None:
             16, 224, 16, tubelet_size=2, mask_types=VIDEO_MASK_TYPES, random_subset=True, seed=0
         )
         cases.append(("V-JEPA 16x224x224", [8, 14, 14], batch_size, ours, with_options, reference))
+    return cases
 
-    results = []
+
+def time_case(case: tuple, rounds: int, calls_per_round: int) -> dict:
+    """One row of the results: the median milliseconds per batch of each sampler of `case`, printed too."""
+    name, grid, batch_size, ours, with_options, reference = case
+    medians = interleaved_medians(
+        {
+            "reference": partial(reference.sample_indices, batch_size),
+            "ours": partial(ours.sample_indices, batch_size),
+            "with_options": partial(with_options.sample_indices, batch_size),
+        },
+        rounds=rounds,
+        calls_per_round={"reference": 1, "ours": calls_per_round, "with_options": calls_per_round},
+    )
+    reference_ms, ours_ms, with_options_ms = medians["reference"], medians["ours"], medians["with_options"]
+    grid_text = "x".join(map(str, grid))
+    print(
+        f"{name:<20} {grid_text:<10} {batch_size:>5} {reference_ms:>13.2f} {ours_ms:>9.3f} "
+        f"{reference_ms / ours_ms:>7.1f}x {with_options_ms:>17.3f}"
+    )
+    return {
+        "case": name,
+        "grid": grid,
+        "batch_size": batch_size,
+        "reference_per_sample_ms": round(reference_ms, 3),
+        "ours_ms": round(ours_ms, 3),
+        "speedup": round(reference_ms / ours_ms, 1),
+        "ours_with_options_ms": round(with_options_ms, 3),
+    }
+
+
+def machine_description() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=30, help="timing rounds, each one reference batch")
+    parser.add_argument("--calls-per-round", type=int, default=10, help="batches of our collators per round")
+    parser.add_argument("--num-threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--output", type=Path, default=BENCHMARKS / "results" / "collator_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.num_threads)
+
     header = (
         f"{'case':<20} {'grid':<10} {'batch':>5} {'reference ms':>13} {'ours ms':>9} {'speedup':>8} "
         f"{'ours, options ms':>17}"
     )
     print(header)
     print("-" * len(header))
-    for name, grid, batch_size, ours, with_options, reference in cases:
-        medians = interleaved_medians(
-            {
-                "reference": partial(reference.sample_indices, batch_size),
-                "ours": partial(ours.sample_indices, batch_size),
-                "with_options": partial(with_options.sample_indices, batch_size),
-            },
-            rounds=args.rounds,
-            calls_per_round={"reference": 1, "ours": args.calls_per_round, "with_options": args.calls_per_round},
-        )
-        reference_ms, ours_ms, with_options_ms = medians["reference"], medians["ours"], medians["with_options"]
-        results.append(
-            {
-                "case": name,
-                "grid": grid,
-                "batch_size": batch_size,
-                "reference_per_sample_ms": round(reference_ms, 3),
-                "ours_ms": round(ours_ms, 3),
-                "speedup": round(reference_ms / ours_ms, 1),
-                "ours_with_options_ms": round(with_options_ms, 3),
-            }
-        )
-        grid_text = "x".join(map(str, grid))
-        print(
-            f"{name:<20} {grid_text:<10} {batch_size:>5} {reference_ms:>13.2f} {ours_ms:>9.3f} "
-            f"{reference_ms / ours_ms:>7.1f}x {with_options_ms:>17.3f}"
-        )
-
+    results = [time_case(case, args.rounds, args.calls_per_round) for case in build_cases()]
     report = {
         "description": (
             "Median milliseconds per `sample_indices(batch_size)` call. reference: per-sample Python loops with the "
@@ -142,16 +152,7 @@ def main() -> None:
             "its default (reference-distribution) mode. ours_with_options: full_range_placement=True (images) and "
             "random_subset=True."
         ),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_num_threads": torch.get_num_threads(),
-            "load_average_1min": round(os.getloadavg()[0], 2),
-        },
+        "machine": machine_description(),
         "timed_batches": {"reference": args.rounds, "ours": args.rounds * args.calls_per_round},
         "results": results,
     }

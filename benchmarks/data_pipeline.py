@@ -2,7 +2,7 @@
 """Data pipeline throughput: decode + random resized crop + normalise + mask collation, through a DataLoader
 with workers, as run_pretraining.py builds it, against what the model consumes.
 
-    python benchmarks/data_pipeline.py --dataset_name ../shared/data/cifar10
+    python -m benchmarks.data_pipeline --dataset_name ../shared/data/cifar10
 
 For ViT-H/14 at 224 (16x16 patch grid) with the paper's 128 images per GPU, the I-JEPA run took 300 epochs of
 ImageNet-1k (1.28 M images) in about 1,200 A100-hours: about 89 images/s per A100 (an H100 roughly 3x that).
@@ -10,19 +10,15 @@ The loader keeps the accelerator busy when (images/s per worker) x (workers per 
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, markdown_table, write_results  # noqa: E402
-
-from modeling_ijepa import MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_results
+from modeling_ijepa import MultiBlockMaskCollator
+from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
 from modeling_ijepa.data.images import (
     SkipUnreadable,
     find_image_column,

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Feature extraction: our IJepaModel against stock transformers.IJepaModel, same weights, same attention.
 
-    python benchmarks/feature_extraction.py      # ViT-B/16 at 224, batch 64, eval, no grad
+    python -m benchmarks.feature_extraction      # ViT-B/16 at 224, batch 64, eval, no grad
 
 Writes benchmarks/results/feature_extraction.json with images/s of both and their ratio, per attention backend.
 Both take turns batch by batch; the ratio is the median of per-round ratios.
@@ -9,17 +9,12 @@ Both take turns batch by batch; the ratio is the median of per-round ratios.
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import interleaved_seconds, machine, markdown_table, per_round_ratios, write_results  # noqa: E402
-
-from modeling_ijepa import IJepaConfig, IJepaModel  # noqa: E402
+from benchmarks.common import interleaved_seconds, machine, markdown_table, per_round_ratios, write_results
+from modeling_ijepa import IJepaConfig, IJepaModel
 
 
 def main():

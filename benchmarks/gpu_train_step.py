@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Training-step throughput, model FLOPs utilisation and peak memory of the paper's models on a GPU.
 
-    python benchmarks/gpu_train_step.py                       # ViT-H/14 and ViT-L/16 at 224, bf16, batch 128
-    python benchmarks/gpu_train_step.py --tiny --device cpu   # the same code path on a tiny model (tests)
+    python -m benchmarks.gpu_train_step                       # ViT-H/14 and ViT-L/16 at 224, bf16, batch 128
+    python -m benchmarks.gpu_train_step --tiny --device cpu   # the same code path on a tiny model (tests)
 
 One step = forward + backward + AdamW + EMA update, bf16 autocast, masks of 4 targets at the paper's scales,
 on random images (the data pipeline is measured by data_pipeline.py). Four variants, side by side in one run:
@@ -20,21 +20,16 @@ short keeps what it measured.
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers.models.ijepa.modeling_ijepa import IJepaLayer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, markdown_table, write_results  # noqa: E402
-from train_step import backward_and_update, mask_sampler, reference_style_loss  # noqa: E402
-from transformers.models.ijepa.modeling_ijepa import IJepaLayer  # noqa: E402
-
-from modeling_ijepa import IJepaConfig, IJepaForPreTraining  # noqa: E402
-from modeling_ijepa.training.optimization import parameter_groups  # noqa: E402
+from benchmarks.common import machine, markdown_table, write_results
+from benchmarks.train_step import backward_and_update, mask_sampler, reference_style_loss
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining
+from modeling_ijepa.training.optimization import parameter_groups
 
 MODELS = {
     "vit_h14": dict(image_size=224, patch_size=14, hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,

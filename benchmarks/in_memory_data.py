@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Images/s of run_pretraining's two image data paths, side by side, on the CPU.
 
-    python benchmarks/in_memory_data.py --dataset_name ../shared/data/cifar10
+    python -m benchmarks.in_memory_data --dataset_name ../shared/data/cifar10
 
 per-example: the DataLoader decodes each image with PIL, runs torchvision's random resized crop and
     normalisation on it, collates the batch and draws its masks (`image_data`, `SeededExamples`,
@@ -22,19 +22,15 @@ pixel values, the bound on any path that hands the model fresh ones.
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import machine, markdown_table, per_round_ratios, write_results  # noqa: E402
-
-from modeling_ijepa import MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples  # noqa: E402
+from benchmarks.common import machine, markdown_table, per_round_ratios, write_results
+from modeling_ijepa import MultiBlockMaskCollator
+from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
 from modeling_ijepa.data.images import (
     SkipUnreadable,
     find_image_column,
@@ -42,14 +38,15 @@ from modeling_ijepa.data.images import (
     prepare_image_dataset,
     pretraining_transform,
 )
-from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, resized_crops  # noqa: E402
+from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, resized_crops
 
 PATHS = ("per_example", "in_memory")
 
 
 def build_loader(examples, image_size: int, patch_size: int, batch_size: int, num_workers: int,
                  skip_unreadable: bool) -> DataLoader:
-    """The DataLoader of run_pretraining's `build_dataloader` (one process) over seeded `examples`."""
+    """The DataLoader that pretraining builds (`modeling_ijepa.data.pipeline.build_training_data`, one process) over
+    seeded `examples`."""
     collate = GlobalBatchMaskCollate(MultiBlockMaskCollator(image_size, patch_size, min_context_patches=10, seed=0),
                                      batch_size)
     return DataLoader(examples, batch_size=batch_size, shuffle=True, drop_last=True,

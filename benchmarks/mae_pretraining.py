@@ -1,54 +1,53 @@
 # SPDX-License-Identifier: Apache-2.0
-"""MAE pretraining with Accelerate: the baseline of `quality_cifar10.py`, on I-JEPA's data path.
+"""MAE pretraining with Accelerate: the baseline of `quality_cifar10`, on I-JEPA's data path and training loop.
 
-    python benchmarks/mae_pretraining.py --dataset_name ../shared/data/cifar10 --image_size 32 --patch_size 4 \
+    python -m benchmarks.mae_pretraining --dataset_name ../shared/data/cifar10 --image_size 32 --patch_size 4 \
         --hidden_size 192 --num_hidden_layers 6 --num_attention_heads 3 --max_train_steps 1000 --output_dir outputs/mae
 
 `transformers.ViTMAEForPreTraining` (He et al., 2022: 75% of the patches masked, pixels of the masked patches
-regressed, normalised per patch) trained on exactly the examples I-JEPA sees: `run_pretraining.build_image_dataset`
-(random resized crop and ImageNet normalisation, no other augmentation) behind the same seeded per-example
-randomness. The optimiser is the MAE paper's AdamW (betas 0.9 / 0.95, weight decay 0.05 on matrices only) with
-linear warmup and cosine decay, from I-JEPA's `Schedules`. `--max_train_minutes` stops the run early, as in
-`run_pretraining.py`.
+regressed, normalised per patch) trained on exactly the examples I-JEPA sees: the package's
+`build_training_data` without masks (random resized crop and ImageNet normalisation, no other augmentation)
+behind the same seeded per-example randomness, and the same `TrainingLoop` and `PretrainingStep` as I-JEPA
+(for a model without a target encoder the step clips the whole model and does no EMA). The optimiser is the MAE
+paper's AdamW (betas 0.9 / 0.95, weight decay 0.05 on matrices only) with linear warmup and cosine decay, from
+I-JEPA's `Schedules`. `--max_train_minutes` stops the run early, as in I-JEPA pretraining.
 
 `--output_dir` receives the encoder alone (`ViTMAEModel`, saved with `mask_ratio=0.0` so that it sees every patch
-when used as a feature extractor), an image processor, and `training_log.jsonl`. The script exposes
-`parse_args(argv)`, `train(args, step_callback=None)` and `main(argv)` like `run_pretraining.py`.
+when used as a feature extractor), an image processor, and `training_log.jsonl`. The module exposes
+`parse_args(argv)`, `train(args, step_callback=None)` and `main(argv)` like `modeling_ijepa.training.pretraining`.
 """
 
 import argparse
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, default_collate
-from tqdm.auto import tqdm
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_ijepa.cli import configure_logging  # noqa: E402
-from modeling_ijepa.data.examples import SeededExamples  # noqa: E402
-from modeling_ijepa.data.images import SkipUnreadable  # noqa: E402
-from modeling_ijepa.data.in_memory import pixel_values_of  # noqa: E402
-from modeling_ijepa.data.pipeline import build_image_dataset  # noqa: E402
-from modeling_ijepa.hub.export import image_processor_for  # noqa: E402
-from modeling_ijepa.training.arguments import add_image_data_arguments  # noqa: E402
-from modeling_ijepa.training.optimization import apply_schedules, parameter_groups  # noqa: E402
-from modeling_ijepa.training.runtime import out_of_time  # noqa: E402
-from modeling_ijepa.training.schedules import Schedules  # noqa: E402
+from modeling_ijepa.cli import configure_logging
+from modeling_ijepa.data.pipeline import build_training_data
+from modeling_ijepa.data.skipping import check_data_was_usable
+from modeling_ijepa.hub.export import image_processor_for
+from modeling_ijepa.training.arguments import add_image_data_arguments
+from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
+from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
+from modeling_ijepa.training.schedules import Schedules
 
 logger = get_logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_image_data_arguments(parser.add_argument_group("data (as in run_pretraining.py)"))
+    data = parser.add_argument_group("data (as in I-JEPA pretraining)")
+    add_image_data_arguments(data)
+    data.add_argument(
+        "--max_skip_fraction", type=float, default=0.1,
+        help="Stop with an error when more than this fraction of the images read cannot be decoded.",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument("--image_size", type=int, default=32)
@@ -95,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"--{name} must be positive, got {getattr(args, name)}.")
     if not 0 <= args.warmup_steps <= args.max_train_steps:
         raise ValueError(f"--warmup_steps must lie in [0, --max_train_steps], got {args.warmup_steps}.")
+    if not 0.0 <= args.max_skip_fraction <= 1.0:
+        raise ValueError(f"--max_skip_fraction must lie in [0, 1], got {args.max_skip_fraction}.")
     if not 0 <= args.mask_ratio < 1:
         raise ValueError(f"--mask_ratio must lie in [0, 1), got {args.mask_ratio}.")
     return args
@@ -113,84 +114,49 @@ def build_model(args: argparse.Namespace) -> ViTMAEForPreTraining:
     return ViTMAEForPreTraining._from_config(config, attn_implementation=args.attn_implementation)
 
 
-def train(args: argparse.Namespace, step_callback=None):
-    """Pretrain; returns `(accelerator, model, state)`, `state` holding `global_step`, `images_seen`,
-    `wall_clock` (seconds) and `log_history`.
-
-    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step."""
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),
         mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     configure_logging(accelerator.is_local_main_process)
-    set_seed(args.seed)
-    dataset, _ = build_image_dataset(args)
-    examples = SeededExamples(dataset, args.seed)
-    dataloader = DataLoader(
-        examples, batch_size=args.per_device_train_batch_size, shuffle=True,
-        drop_last=True, collate_fn=SkipUnreadable(default_collate), num_workers=args.dataloader_num_workers,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    if len(dataloader) == 0:
-        raise ValueError(
-            f"The dataset has {len(dataset)} examples, fewer than one batch of {args.per_device_train_batch_size}."
-        )
-    model = build_model(args)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2)
-    )
-    model, optimizer, dataloader = accelerator.prepare(model, optimizer, dataloader)
+    return accelerator
+
+
+def build_schedules(args: argparse.Namespace) -> Schedules:
     # The MAE recipe keeps weight decay constant and has no target encoder: flat weight decay, momentum unused.
-    schedules = Schedules(
+    return Schedules(
         total_steps=args.max_train_steps, warmup_steps=args.warmup_steps, lr=args.learning_rate,
         start_lr=args.start_lr, final_lr=args.final_lr, weight_decay=args.weight_decay,
         final_weight_decay=args.weight_decay, ema_momentum=1.0, final_ema_momentum=1.0,
     )
-    unwrapped = accelerator.unwrap_model(model)
-    state = {"global_step": 0, "images_seen": 0, "log_history": []}
-    logger.info(f"***** MAE pretraining: {len(dataset)} examples, {args.max_train_steps} optimizer steps *****")
-    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
-    started = time.perf_counter()
 
-    model.train()
-    stopping = False
-    for epoch in range(math.ceil(args.max_train_steps / len(dataloader))):
-        examples.set_epoch(epoch)
-        dataloader.set_epoch(epoch)
-        for batch in dataloader:
-            batch = pixel_values_of(batch, args.image_size)  # --in_memory_data: crops made on the device
-            if "pixel_values" not in batch:  # every example of this batch was unreadable
-                continue
-            step = state["global_step"]
-            apply_schedules(optimizer, schedules, step + 1)  # optimizer steps count from 1
-            loss = model(pixel_values=batch["pixel_values"]).loss
-            # Decided on every process's loss, so that all processes stop together.
-            if not accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all():
-                raise FloatingPointError(f"Non-finite MAE loss ({loss.item()}) at step {step}; lower --learning_rate.")
-            accelerator.backward(loss)
-            if args.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["images_seen"] += len(batch["pixel_values"]) * accelerator.num_processes
-            state["global_step"] = step = step + 1
-            progress.update(1)
-            if step_callback is not None:
-                step_callback(accelerator, unwrapped, step)
-            stopping = step >= args.max_train_steps or out_of_time(accelerator, started, args.max_train_minutes)
-            if step % args.logging_steps == 0 or stopping:
-                entry = {"step": step, "epoch": epoch, "loss": accelerator.reduce(loss.detach(), "mean").item(),
-                         "lr": schedules.learning_rate(step), "images_seen": state["images_seen"],
-                         "seconds": time.perf_counter() - started}
-                state["log_history"].append(entry)
-                progress.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")
-            if stopping:
-                break
-        if stopping:
-            break
-    progress.close()
-    state["wall_clock"] = time.perf_counter() - started
+
+def train(args: argparse.Namespace, step_callback=None):
+    """Pretrain; returns `(accelerator, model, state)`, `state` holding `global_step`, `images_seen`,
+    `wall_clock` (seconds) and `log_history` (the entries of `training_log.jsonl`).
+
+    `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step."""
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)
+    output_dir = prepare_output_dir(args.output_dir, accelerator)
+    model = build_model(args)
+    data = build_training_data(args, accelerator, model.config, masks=False)  # MAE draws its own masks
+    optimizer = build_optimizer(model, args.learning_rate, (args.adam_beta1, args.adam_beta2))
+    model, optimizer, data.dataloader = accelerator.prepare(model, optimizer, data.dataloader)
+    schedules = build_schedules(args)
+    settings = LoopSettings(
+        total_steps=schedules.total_steps, num_epochs=math.ceil(schedules.total_steps / data.batches_per_epoch),
+        logging_steps=args.logging_steps, max_train_minutes=args.max_train_minutes, image_size=data.grid["image_size"],
+    )
+    # This baseline never resumes, so the run fingerprint that a resume is checked against stays empty.
+    state = initial_state(None, output_dir, accelerator.unwrap_model(model), optimizer, data.batches_per_epoch, run={})
+    logger.info(f"***** MAE pretraining: {len(data.examples)} examples, {settings.total_steps} optimizer steps *****")
+    train_step = PretrainingStep(accelerator, model, optimizer, schedules, max_grad_norm=args.max_grad_norm)
+    loop = TrainingLoop(accelerator, model, optimizer, train_step, data, state, settings, output_dir, step_callback)
+    state = loop.run()
+    check_data_was_usable(accelerator, state, args.max_skip_fraction)
     return accelerator, model, state
 
 
@@ -208,12 +174,13 @@ def save_encoder(model: ViTMAEForPreTraining, log_history: list[dict], output_di
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    accelerator, model, state = train(args)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_encoder(accelerator.unwrap_model(model), state["log_history"], args.output_dir)
-        logger.info(f"Saved the MAE encoder to {args.output_dir}")
-    accelerator.end_training()
+    with RUN_RESOURCES:  # the lock on --output_dir and the preemption handlers, released when the run ends
+        accelerator, model, state = train(args)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_encoder(accelerator.unwrap_model(model), state["log_history"], args.output_dir)
+            logger.info(f"Saved the MAE encoder to {args.output_dir}")
+        accelerator.end_training()
     return state
 
 

@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Picture of I-JEPA's multi-block masks: the context and the target blocks drawn over real images.
 
-    python benchmarks/plot_masks.py --config configs/cifar10_quality.yaml --output outputs/masks.png
+    python -m benchmarks.plot_masks --config configs/cifar10_quality.yaml --output outputs/masks.png
 
-The masks are the real output of the training collator (`run_pretraining.build_mask_collator`, so the recipe's
-masking settings), drawn for a whole training batch so that the context has the length training gives it (every
-context of a batch keeps as many patches as the smallest one); the first images of the batch are shown.
+The masks are the real output of the training collator (`modeling_ijepa.data.pipeline.build_mask_collator`: the
+recipe's masking settings over the patch grid of the recipe's model), drawn for a whole training batch so that the
+context has the length training gives it (every context of a batch keeps as many patches as the smallest one); the
+first images of the batch are shown.
 """
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,25 +22,26 @@ import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from modeling_ijepa.data.images import (
+from modeling_ijepa.data.images import (  # noqa: E402
     evaluation_transform,
     find_image_column,
     load_image_dataset,
     prepare_image_dataset,
 )
-from modeling_ijepa.data.pipeline import build_mask_collator  # noqa: E402
+from modeling_ijepa.data.pipeline import build_mask_collator, input_grid  # noqa: E402
 from modeling_ijepa.training.arguments import parse_args  # noqa: E402
+from modeling_ijepa.training.models import build_model  # noqa: E402
 
 TARGET_COLOURS = ("tab:red", "tab:orange", "tab:cyan", "tab:purple", "tab:green", "tab:pink")
 
 
-def first_images(args, num_images: int) -> torch.Tensor:
-    """The first `num_images` training images of the recipe's dataset, resized and normalised: [N, 3, H, W]."""
+def first_images(args, num_images: int, image_size: int) -> torch.Tensor:
+    """The first `num_images` training images of the recipe's dataset, resized to `image_size` and normalised:
+    [N, 3, H, W]."""
     splits = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.cache_dir)
     split = splits[args.train_split]
     column = find_image_column(split, args.image_column_name)
-    split = prepare_image_dataset(split.select(range(num_images)), column, evaluation_transform(args.image_size))
+    split = prepare_image_dataset(split.select(range(num_images)), column, evaluation_transform(image_size))
     return torch.stack([example["pixel_values"] for example in split])
 
 
@@ -96,18 +97,20 @@ def plot_masks(
 
 
 def plot_recipe_masks(args, path, num_images: int = 4) -> Path:
-    """The masks of one training batch of the recipe `args` (parsed `run_pretraining` arguments), over its data."""
+    """The masks of one training batch of the recipe `args` (parsed pretraining arguments), over its data."""
     batch_size = args.per_device_train_batch_size
-    collator = build_mask_collator(args, seed=args.seed)
+    # The grid comes from the model's config, as in training (a recipe may load a model of its own size).
+    grid = input_grid(build_model(args).config)
+    collator = build_mask_collator(args, grid, seed=args.seed)
     context_indices, target_indices = collator.sample_indices(batch_size)
-    images = first_images(args, num_images)
-    grid = args.image_size // args.patch_size
+    images = first_images(args, num_images, grid["image_size"])
+    patch_size, side = grid["patch_size"], grid["image_size"] // grid["patch_size"]
     title = (
-        f"I-JEPA masks ({grid}x{grid} patches of {args.patch_size}px): grey = hidden from the context encoder, "
+        f"I-JEPA masks ({side}x{side} patches of {patch_size}px): grey = hidden from the context encoder, "
         f"coloured = blocks to predict.\nEvery context of a batch ({batch_size}) is cut to the shortest one's length, "
         + ("keeping a random subset" if args.random_subset else "in raster order")
     )
-    return plot_masks(images, context_indices[:num_images], target_indices[:num_images], args.patch_size, path, title)
+    return plot_masks(images, context_indices[:num_images], target_indices[:num_images], patch_size, path, title)
 
 
 def main(argv=None) -> Path:

@@ -1,21 +1,21 @@
-#!/usr/bin/env python
 # SPDX-License-Identifier: Apache-2.0
 """Quality: the I-JEPA paper's claims in miniature. I-JEPA against MAE and random initialisation on CIFAR-10,
 each pretrained for the same wall-clock budget, then probed the same way.
 
-    python benchmarks/quality_cifar10.py --budget_minutes 30          # about 2 x 30 min + probes on 2 CPU cores
+    python -m benchmarks.quality_cifar10 --budget_minutes 30          # about 2 x 30 min + probes on 2 CPU cores
 
-1. I-JEPA: `run_pretraining.py` with the recipe `configs/cifar10_quality.yaml` on the training split.
-2. MAE: `benchmarks/mae_pretraining.py` (`transformers.ViTMAEForPreTraining`): the same encoder, a decoder the size
-   of I-JEPA's predictor, 75% masking, per-patch normalised pixel loss, the same data and augmentation, the same
-   batch size and peak learning rate, its own paper's AdamW settings.
+1. I-JEPA: the package's pretraining (`modeling_ijepa.training.pretraining`, what `run_pretraining.py` runs) with
+   the recipe `configs/cifar10_quality.yaml` on the training split.
+2. MAE: `benchmarks.mae_pretraining` (`transformers.ViTMAEForPreTraining` on the same training loop): the same
+   encoder, a decoder the size of I-JEPA's predictor, 75% masking, per-patch normalised pixel loss, the same data
+   and augmentation, the same batch size and peak learning rate, its own paper's AdamW settings.
    Both runs stop at `--budget_minutes` (`--max_train_minutes`), and their schedules (warmup, cosine, EMA) are
    sized to end there: a short calibration run of each measures its step time first, and `--max_train_steps` is
    set to the number of steps that fit in the budget.
-3. Probes (`run_linear_probe.py`): the I-JEPA target encoder, the MAE encoder, and the same architecture at
-   random initialisation; linear probe (and kNN) on frozen mean-pooled features with all training labels and with
-   10 labels per class, top-1 on the test split. The probe chooses its hyperparameters on a held-out part of the
-   training split; nothing here is chosen on the test split.
+3. Probes (`modeling_ijepa.evaluation.linear_probe`, what `run_linear_probe.py` runs): the I-JEPA target encoder,
+   the MAE encoder, and the same architecture at random initialisation; linear probe (and kNN) on frozen
+   mean-pooled features with all training labels and with 10 labels per class, top-1 on the test split. The probe
+   chooses its hyperparameters on a held-out part of the training split; nothing here is chosen on the test split.
 4. `--results_dir` (default `benchmarks/results`) receives `quality_cifar10.json` (one row per method),
    `quality_cifar10.md` (the table, for the README) and the pictures: loss curves of both methods, I-JEPA's
    collapse monitor, and the masks I-JEPA trains with drawn over CIFAR-10 images.
@@ -42,9 +42,9 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -53,23 +53,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
-BENCHMARKS = Path(__file__).resolve().parent
-REPO_ROOT = BENCHMARKS.parent
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(REPO_ROOT))
-import mae_pretraining  # noqa: E402
-from common import machine, markdown_table  # noqa: E402
-from plot_masks import plot_recipe_masks  # noqa: E402
-
-import run_pretraining  # noqa: E402
-from modeling_ijepa.evaluation import linear_probe  # noqa: E402
+from benchmarks import mae_pretraining  # noqa: E402
+from benchmarks.common import machine, markdown_table  # noqa: E402
+from benchmarks.plot_masks import plot_recipe_masks  # noqa: E402
 from modeling_ijepa.cli import configure_logging  # noqa: E402
+from modeling_ijepa.evaluation import linear_probe  # noqa: E402
 from modeling_ijepa.hub.model_card import plot_training_curves  # noqa: E402
+from modeling_ijepa.training import arguments, pretraining  # noqa: E402
+from modeling_ijepa.training.loop import RUN_RESOURCES  # noqa: E402
+from modeling_ijepa.training.models import build_model  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+BENCHMARKS = Path(__file__).resolve().parent
+REPO_ROOT = BENCHMARKS.parent
 METHODS = ("ijepa", "mae", "random")
-PRETRAINERS = {"ijepa": run_pretraining, "mae": mae_pretraining}
+# Each pretrainer parses its arguments, trains (`train(args, step_callback)` -> (accelerator, model, state, ...)) and
+# runs whole (`main(argv)` -> state, writing the encoder and `training_log.jsonl` to --output_dir).
+IJEPA = SimpleNamespace(parse_args=arguments.parse_args, train=pretraining.train, main=pretraining.main)
+PRETRAINERS = {"ijepa": IJEPA, "mae": mae_pretraining}
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "cifar10_quality.yaml"
 TUNING_NOTE = (
     "; tuned for a short budget on tiny images (see benchmarks/quality_cifar10.py): half ViT-Tiny's depth for twice "
@@ -131,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def ijepa_argv(args) -> list[str]:
-    """run_pretraining.py arguments of the benchmark's I-JEPA run, without output folder and step counts."""
+    """Pretraining arguments (run_pretraining.py's) of the benchmark's I-JEPA run, without output folder and step
+    counts."""
     # The benchmark probes every encoder itself, on the whole splits.
     argv = ["--config", args.config, "--dataset_name", args.dataset_name, "--seed", str(args.seed),
             "--no-probe_after_training"]
@@ -144,9 +147,9 @@ def ijepa_argv(args) -> list[str]:
 
 
 def mae_argv(ijepa) -> list[str]:
-    """mae_pretraining.py arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
+    """benchmarks.mae_pretraining arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
     batch and learning-rate schedule; a decoder the size of the predictor. MAE keeps its own paper's AdamW betas
-    (0.9, 0.95) and constant weight decay 0.05 (mae_pretraining.py's defaults)."""
+    (0.9, 0.95) and constant weight decay 0.05 (benchmarks.mae_pretraining's defaults)."""
     values = {
         "dataset_name": ijepa.dataset_name, "dataset_config_name": ijepa.dataset_config_name,
         "train_dir": ijepa.train_dir, "train_split": ijepa.train_split, "image_column_name": ijepa.image_column_name,
@@ -174,10 +177,11 @@ def calibrate(method: str, argv: list[str], calibration_steps: int) -> tuple[flo
     pretrainer = PRETRAINERS[method]
     workers = pretrainer.parse_args(argv + ["--max_train_steps", "1"]).dataloader_num_workers
     untimed = 2 + DATALOADER_PREFETCH_FACTOR * workers
-    state = pretrainer.train(
-        pretrainer.parse_args(argv + ["--max_train_steps", str(untimed + calibration_steps)]),
-        step_callback=lambda accelerator, model, step: times.append(time.perf_counter()),
-    )[2]
+    with RUN_RESOURCES:  # the calibration run's lock on its output folder ends with it
+        state = pretrainer.train(
+            pretrainer.parse_args(argv + ["--max_train_steps", str(untimed + calibration_steps)]),
+            step_callback=lambda accelerator, model, step: times.append(time.perf_counter()),
+        )[2]
     step_seconds = (times[-1] - times[untimed - 1]) / (len(times) - untimed)
     return step_seconds, state["images_seen"] / state["global_step"] / step_seconds
 
@@ -214,14 +218,14 @@ def pretrain(method: str, argv: list[str], args, output_dir: Path) -> dict:
 
 def write_random_init_config(ijepa, folder: Path) -> None:
     """The recipe's encoder config alone: all that `run_linear_probe.py --random_init` reads."""
-    run_pretraining.build_model(ijepa).config.stock_config().save_pretrained(folder)
+    build_model(ijepa).config.stock_config().save_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------------------- probing
 
 
 def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None = None, random_init=False) -> dict:
-    """`run_linear_probe.py` on one encoder folder: the benchmark's only contact with the probe script.
+    """The linear probe (`run_linear_probe.py`'s) on one encoder folder: the benchmark's only contact with it.
 
     The full-label and low-shot runs of an encoder share `output_dir`, so the second reads the features the first
     extracted from the probe's cache; each run's results are also kept as `probe_results_{full,lowshot}.json`."""
@@ -393,7 +397,7 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
         f"Linear probe and kNN (k=20) on frozen mean-pooled features: {probe_train} training images "
         f"(`lowshot_top1`: {args.lowshot_samples_per_class} per class), top-1 on {probe_eval} test images; probe "
         "hyperparameters chosen on a held-out part of the training split. "
-        f"Made by `python benchmarks/quality_cifar10.py --budget_minutes {args.budget_minutes:g}`."
+        f"Made by `python -m benchmarks.quality_cifar10 --budget_minutes {args.budget_minutes:g}`."
     )
     recipes = "\n".join(f"- `{row['method']}`: {row['recipe']}" for row in rows)
     pictures = " ".join(f"![{title}]({name})" for title, name in PICTURES.items() if (results_dir / name).is_file())
@@ -412,7 +416,7 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.torch_threads)
     output_dir, results_dir = Path(args.output_dir), Path(args.results_dir)
     base_argv = ijepa_argv(args)
-    ijepa = run_pretraining.parse_args(base_argv)
+    ijepa = IJEPA.parse_args(base_argv)
     argvs = {"ijepa": base_argv, "mae": mae_argv(ijepa)}
     model_dirs = {"ijepa": output_dir / "ijepa", "mae": output_dir / "mae", "random": output_dir / "random_init"}
 

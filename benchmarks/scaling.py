@@ -1,15 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 """How the cost of a training step grows with batch size and with sequence length (image size).
 
-    python benchmarks/scaling.py      # writes benchmarks/results/scaling.json and scaling.png
+    python -m benchmarks.scaling      # writes benchmarks/results/scaling.json and scaling.png
 
 ViT-Tiny encoder (width 192, 6 blocks) and predictor (width 96, 4 blocks), patch 8, fp32, our implementation,
 each point in its own process (train_step.py's worker) so that peak memory is that point's.
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import matplotlib
 
@@ -18,9 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, markdown_table, write_results  # noqa: E402
-from train_step import run_in_subprocess  # noqa: E402
+from benchmarks.common import RESULTS, machine, markdown_table, write_results  # noqa: E402
+from benchmarks.train_step import run_in_subprocess  # noqa: E402
 
 MODEL = {"depth": 6, "predictor_depth": 4, "patch_size": 8}
 

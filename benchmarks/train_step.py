@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Training-step throughput and peak memory: ours against the reference implementation's choices.
 
-    python benchmarks/train_step.py            # writes benchmarks/results/train_step.json
+    python -m benchmarks.train_step            # writes benchmarks/results/train_step.json
 
 One step = mask sampling + forward + backward + AdamW + EMA update, fp32 on the CPU, on random images (the
 data pipeline is measured separately by data_pipeline.py). Both variants use the same model class and weights;
@@ -31,9 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (  # noqa: E402
+from benchmarks.common import (
     interleaved_seconds,
     machine,
     markdown_table,
@@ -42,11 +40,11 @@ from common import (  # noqa: E402
     per_round_ratios,
     write_results,
 )
-from reference_collator import ReferenceMultiBlockSampler  # noqa: E402
+from benchmarks.reference_collator import ReferenceMultiBlockSampler
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator
+from modeling_ijepa.training.optimization import parameter_groups
 
-from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator  # noqa: E402
-from modeling_ijepa.training.optimization import parameter_groups  # noqa: E402
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "vit_tiny_b64": {"depth": 12, "predictor_depth": 6, "batch_size": 64},
     "vit_tiny_6blocks_b128": {"depth": 6, "predictor_depth": 4, "batch_size": 128},
@@ -170,9 +168,10 @@ def measure(variant: str, spec: dict, repeats: int) -> dict:
 
 def run_in_subprocess(variant: str, spec: dict, repeats: int, threads: int) -> dict:
     """`measure` in a fresh process, so that its peak memory is its own."""
-    command = [sys.executable, __file__, "--worker", variant, "--spec", json.dumps(spec), "--repeats", str(repeats),
-               "--threads", str(threads)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", variant, "--spec", json.dumps(spec),
+               "--repeats", str(repeats), "--threads", str(threads)]
+    # From the repository root, where `-m` finds the `benchmarks` package.
+    output = subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 

@@ -4,15 +4,10 @@
 import json
 import sys
 
-from .conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from benchmarks import common, gpu_train_step, in_memory_data, train_step
 
 
 def test_gpu_train_step_script_runs_on_cpu_with_a_tiny_model(tmp_path, monkeypatch):
-    import common
-    import gpu_train_step
-
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     rows = gpu_train_step.main(["--tiny", "--device", "cpu", "--batch_size", "8", "--steps", "1", "--warmup", "1",
                                 "--output_name", "gpu_tiny"])
@@ -26,8 +21,6 @@ def test_gpu_train_step_script_runs_on_cpu_with_a_tiny_model(tmp_path, monkeypat
 
 def test_gpu_train_step_records_a_failing_variant_and_measures_the_rest(tmp_path, monkeypatch):
     """A compiler error (torch 2.11's inductor failed on ViT-H with dynamic shapes) must not lose the other rows."""
-    import common
-    import gpu_train_step
     import torch
 
     def failing_compile(*args, **kwargs):
@@ -44,8 +37,6 @@ def test_gpu_train_step_records_a_failing_variant_and_measures_the_rest(tmp_path
 
 
 def test_interleaved_seconds_rotates_the_order_and_drops_the_warmup_rounds(monkeypatch):
-    import common
-
     calls = []
     functions = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
     times = common.interleaved_seconds(functions, repeats=3, warmup=1)
@@ -55,8 +46,6 @@ def test_interleaved_seconds_rotates_the_order_and_drops_the_warmup_rounds(monke
 
 
 def test_train_step_speedup_is_the_median_of_per_round_ratios():
-    import train_step
-
     spec = {"batch_size": 10}
     # A slow phase in round 2 hits both variants: the per-round ratio stays 2.
     seconds = {"reference": [2.0, 8.0, 2.0, 2.0], "ours": [1.0, 4.0, 1.0, 1.0]}
@@ -68,7 +57,6 @@ def test_train_step_speedup_is_the_median_of_per_round_ratios():
 
 def test_train_step_variants_run_one_step_each_in_one_process():
     import torch
-    import train_step
 
     spec = {"depth": 1, "predictor_depth": 1, "batch_size": 4}
     # The compiled variant is left out: compiling takes minutes on a CPU (gpu_train_step's test compiles).
@@ -93,17 +81,13 @@ def test_a_worker_started_by_a_large_process_reports_its_own_peak_memory():
     from .conftest import REPO_ROOT
 
     ballast = torch.ones(256 * 2**20)  # 1 GiB resident in this process
-    command = [sys.executable, "-c", "import common; print(common.peak_rss_mib())"]
-    child_peak = float(subprocess.run(command, cwd=REPO_ROOT / "benchmarks", check=True, capture_output=True,
-                                      text=True).stdout)
+    command = [sys.executable, "-c", "from benchmarks import common; print(common.peak_rss_mib())"]
+    child_peak = float(subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout)
     assert 0 < child_peak < 900, child_peak
     del ballast
 
 
 def test_in_memory_data_benchmark_compares_both_paths_on_a_small_subset(tmp_path, monkeypatch):
-    import common
-    import in_memory_data
-
     from .conftest import CIFAR10, require
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)

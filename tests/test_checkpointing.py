@@ -134,9 +134,8 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, on_non
 
 
 def test_save_checkpoint_refuses_non_finite_weights_and_keeps_the_previous_checkpoint(run_copy):
+    from benchmarks.kill_resume import fresh_model_and_optimizer
     from modeling_ijepa.training.checkpointing import save_checkpoint
-
-    from .test_reliability import fresh_model_and_optimizer
 
     model, optimizer = fresh_model_and_optimizer(cifar_args(run_copy))
     with torch.no_grad():

@@ -1,19 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Smoke test of `benchmarks/quality_cifar10.py`: the whole pipeline (calibration, I-JEPA and MAE pretraining for a
+"""Smoke test of `benchmarks.quality_cifar10`: the whole pipeline (calibration, I-JEPA and MAE pretraining for a
 few seconds, six probe runs, results, pictures) on a tiny model and a few hundred CIFAR-10 images."""
 
 import json
-import sys
 
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoModel, ViTMAEModel
 
-from .conftest import CIFAR10, REPO_ROOT, require
+from benchmarks import quality_cifar10
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import quality_cifar10  # noqa: E402
+from .conftest import CIFAR10, require
 
 TINY = [
     "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size", "16",

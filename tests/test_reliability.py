@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import pickle
-import random
 import re
 import resource
 import struct
@@ -33,6 +32,17 @@ from transformers import AutoConfig, AutoModel
 from transformers.models.ijepa.modeling_ijepa import IJepaModel as StockIJepaModel
 
 import run_pretraining
+from benchmarks.kill_resume import (
+    KILL_KINDS,
+    RUN_ENV,
+    assert_every_checkpoint_loads,
+    checkpoint_folders,
+    fresh_model_and_optimizer,
+    kill_plan,
+    run_with_kills,
+    step_of,
+    temporary_folders,
+)
 from modeling_ijepa import IJepaForPreTraining
 from modeling_ijepa.conversion.ijepa import UnsafeCheckpointError, load_reference_checkpoint
 from modeling_ijepa.data import pipeline
@@ -47,130 +57,18 @@ from modeling_ijepa.training.checkpointing import (
     load_checkpoint,
 )
 from modeling_ijepa.training.loop import MAX_CONSECUTIVE_NONFINITE
-from modeling_ijepa.training.models import build_model
-from modeling_ijepa.training.optimization import NonFiniteLossError, parameter_groups
+from modeling_ijepa.training.optimization import NonFiniteLossError
 
 from .conftest import CIFAR10, REPO_ROOT, require
 from .test_run_pretraining import TINY, cifar_args, pretraining_weights
 
-# Same thread count in every process, so that an interrupted run and an uninterrupted one compute bitwise alike.
-SCRIPT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-
-
-def fresh_model_and_optimizer(argv):
-    args = run_pretraining.parse_args(argv)
-    model = build_model(args)
-    return model, torch.optim.AdamW(parameter_groups(model), lr=args.learning_rate)
-
-
-def step_of(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.split("-")[1]) if checkpoint is not None else 0
-
-
-def checkpoint_folders(output_dir: Path) -> list[Path]:
-    """Every folder named like a checkpoint, complete or not, oldest first."""
-    found = [path for path in output_dir.iterdir() if path.name.startswith("checkpoint-")] if output_dir.is_dir() else []
-    return sorted(found, key=step_of)
-
-
-def temporary_folders(output_dir: Path) -> list[str]:
-    return sorted(path.name for path in output_dir.glob(f"{TEMPORARY_PREFIX}*"))
-
-
-def assert_every_checkpoint_loads(output_dir: Path, argv) -> list[int]:
-    """Each `checkpoint-*` on disk restores a fresh model and optimizer and holds the state of its own step; the
-    latest one is the newest of them, never a temporary folder. Returns the steps found."""
-    steps = []
-    for folder in checkpoint_folders(output_dir):
-        model, optimizer = fresh_model_and_optimizer(argv)
-        state = load_checkpoint(folder, model, optimizer)
-        assert state["global_step"] == step_of(folder), folder
-        assert optimizer.state_dict()["state"], f"{folder}: no optimizer state restored"
-        assert all(torch.isfinite(value).all() for value in model.state_dict().values()), folder
-        steps.append(step_of(folder))
-    latest = latest_checkpoint(output_dir)
-    assert step_of(latest) == (max(steps) if steps else 0)
-    assert latest is None or latest.name.startswith("checkpoint-")
-    return steps
-
-
 # ------------------------------------------------------------------------------------- 1. kill -9 and resume
 
 TOTAL_STEPS, KEEP = 10, 2
-# The moments, in this order: inside a checkpoint write (model written, optimizer not), between the flush and
-# the rename, while an old checkpoint is half deleted, at a random moment after a checkpoint, during the export.
-KILL_KINDS = ("write", "rename", "prune", "random", "export")
 KILL_SEED = 2024
-
-
-def kill_plan(seed: int, kinds=KILL_KINDS) -> list[dict]:
-    """Reproducible kill points: each fires `offset` steps after the checkpoint the attempt resumes from (kind
-    `export`: after the last step); `delay` (kind `random` only) is how long after that checkpoint appears the
-    process is killed."""
-    rng = random.Random(seed)
-    return [{"kind": kind, "offset": rng.randint(1, 2), "delay": round(rng.uniform(0.0, 0.3), 3)} for kind in kinds]
-
-
-def kill_resume_argv(output_dir: Path, total_steps: int = TOTAL_STEPS, keep: int = KEEP) -> list[str]:
-    return cifar_args(output_dir, "--max_train_steps", str(total_steps), "--checkpointing_steps", "1",
-                      "--checkpoints_total_limit", str(keep), "--resume_from_checkpoint", "latest")
-
-
-def start(command: list[str], log_path: Path) -> subprocess.Popen:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | SCRIPT_ENV, stdout=log, stderr=subprocess.STDOUT)
-
-
-def tail(log_path: Path, size: int = 4000) -> str:
-    return log_path.read_text(errors="replace")[-size:]
-
-
-def wait_until(condition, process: subprocess.Popen, log_path: Path, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"exited ({process.returncode}) before the kill point:\n{tail(log_path)}"
-        assert time.monotonic() < deadline, f"kill point not reached in {timeout}s:\n{tail(log_path)}"
-        time.sleep(0.005)
-
-
-class Attempt:
-    """One training attempt, `python tests/scripts/slow_checkpoint.py KIND wait:GO_FILE ...`: started early so
-    that its imports overlap the previous attempt, told its trigger step (and so released) when its turn comes."""
-
-    def __init__(self, work_dir: Path, number: int, kind: str, argv: list[str]):
-        self.kind, self.number = kind, number
-        self.go_file, self.signal_file = work_dir / f"go-{number}", work_dir / f"signal-{number}.json"
-        self.log_path = work_dir / f"attempt-{number}.log"
-        script = str(REPO_ROOT / "tests" / "scripts" / "slow_checkpoint.py")
-        phase = "none" if kind in ("random", "finish") else kind
-        self.process = start([sys.executable, script, phase, f"wait:{self.go_file}", str(self.signal_file), *argv],
-                             self.log_path)
-
-    def release(self, trigger: int) -> None:
-        partial = self.go_file.with_suffix(".partial")
-        partial.write_text(str(trigger))
-        os.replace(partial, self.go_file)
-
-
-def kill_at(attempt: Attempt, output_dir: Path, point: dict, total_steps: int) -> dict:
-    """Release `attempt` (it resumes from the latest checkpoint), SIGKILL it at `point`, return what was hit."""
-    resumed_from = step_of(latest_checkpoint(output_dir))
-    trigger = total_steps if point["kind"] == "export" else min(resumed_from + point["offset"], total_steps)
-    attempt.release(trigger)
-    if point["kind"] == "random":
-        wait_until(lambda: (output_dir / f"checkpoint-{trigger}").is_dir(), attempt.process, attempt.log_path)
-        time.sleep(point["delay"])
-    else:
-        wait_until(attempt.signal_file.is_file, attempt.process, attempt.log_path)
-    on_disk = sorted(path.name for path in output_dir.iterdir())
-    attempt.process.kill()
-    attempt.process.wait()
-    hit = {"attempt": attempt.number, "kind": point["kind"], "resumed_from": resumed_from, "trigger_step": trigger,
-           "on_disk_at_kill": on_disk, "returncode": attempt.process.returncode,
-           "released_at": attempt.go_file.stat().st_mtime}
-    if attempt.signal_file.is_file():
-        hit["window"] = json.loads(attempt.signal_file.read_text())
-    return hit
+# The run every attempt continues: the tiny model on 64 CIFAR-10 images (output folder, steps and checkpointing
+# are added by `benchmarks.kill_resume`).
+KILL_RUN = ["--dataset_name", str(CIFAR10), "--max_train_samples", "64", "--per_device_train_batch_size", "16", *TINY]
 
 
 def assert_kill_point_was_hit(hit: dict, output_dir: Path) -> None:
@@ -193,42 +91,6 @@ def assert_kill_point_was_hit(hit: dict, output_dir: Path) -> None:
     hit["latest_after_kill"] = latest
 
 
-def run_with_kills(work_dir: Path, plan: list[dict], total_steps: int = TOTAL_STEPS, keep: int = KEEP,
-                   on_kill=None) -> tuple[list[dict], dict]:
-    """`python run_pretraining.py` uninterrupted (in parallel), and the same run killed at every point of `plan`,
-    each attempt resuming from the latest checkpoint, then finished. Returns the points hit and the two outputs."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    uninterrupted, interrupted = work_dir / "uninterrupted", work_dir / "interrupted"
-    interrupted.mkdir()
-    argv = kill_resume_argv(interrupted, total_steps, keep)
-    baseline_log = work_dir / "uninterrupted.log"
-    processes = [start([sys.executable, "run_pretraining.py", *kill_resume_argv(uninterrupted, total_steps, keep)],
-                       baseline_log)]
-    kinds = [point["kind"] for point in plan] + ["finish"]
-    try:
-        attempts = [Attempt(work_dir, 0, kinds[0], argv)]
-        processes.append(attempts[0].process)
-        hits = []
-        for number, point in enumerate(plan):
-            attempts.append(Attempt(work_dir, number + 1, kinds[number + 1], argv))
-            processes.append(attempts[-1].process)
-            hit = kill_at(attempts[number], interrupted, point, total_steps)
-            assert hit["returncode"] == -9
-            if on_kill is not None:
-                on_kill(hit, interrupted, argv)
-            hits.append(hit)
-        final = attempts[-1]
-        final.release(total_steps)
-        assert final.process.wait(timeout=600) == 0, tail(final.log_path)
-        assert processes[0].wait(timeout=600) == 0, tail(baseline_log)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    return hits, {"uninterrupted": uninterrupted, "interrupted": interrupted}
-
-
 def test_kill_at_random_points_then_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, record_property):
     require(CIFAR10)
     plan = kill_plan(KILL_SEED)
@@ -239,7 +101,7 @@ def test_kill_at_random_points_then_resume_ends_bitwise_equal_to_an_uninterrupte
         assert len(hit["checkpoints_after_kill"]) <= KEEP + 1  # K, or K+1 when killed before the oldest went
         assert_kill_point_was_hit(hit, output_dir)
 
-    hits, outputs = run_with_kills(tmp_path, plan, on_kill=check_after_kill)
+    hits, outputs = run_with_kills(tmp_path, plan, KILL_RUN, TOTAL_STEPS, KEEP, on_kill=check_after_kill)
     record_property("kill_points", hits)
     print("\nkill points:", *(json.dumps(hit) for hit in hits), sep="\n  ")
     assert [hit["kind"] for hit in hits] == list(KILL_KINDS)
@@ -427,7 +289,7 @@ def test_the_converter_command_refuses_a_checkpoint_that_would_run_code(tmp_path
     result = subprocess.run(
         [sys.executable, "-m", "modeling_ijepa.convert_official", "--checkpoint", str(checkpoint),
          "--output_dir", str(tmp_path / "converted"), "--num_attention_heads", "2"],
-        check=False, cwd=REPO_ROOT, env=os.environ | SCRIPT_ENV, capture_output=True, text=True, timeout=300,
+        check=False, cwd=REPO_ROOT, env=os.environ | RUN_ENV, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0
     assert "UnsafeCheckpointError" in result.stderr and f"Refusing to load {checkpoint}" in result.stderr, result.stderr[-3000:]
