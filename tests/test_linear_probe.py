@@ -3,6 +3,7 @@
 videos, the feature cache, low-shot subsets, the offline metric, model-card results and clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 
 from modeling_ijepa import IJepaForPreTraining
 from modeling_ijepa.evaluation.arguments import parse_args
+from modeling_ijepa.evaluation.features import LabelledFeatures
 from modeling_ijepa.evaluation.knn import knn_scores
 from modeling_ijepa.evaluation.linear_probe import main as probe_main
 from modeling_ijepa.evaluation.linear_probe import run_probes
@@ -286,18 +288,10 @@ def test_video_attentive_probe(tmp_path):
     from modeling_ijepa import VJepaConfig, VJepaForPreTraining
 
     labelled = require(VIDEO_TINY / "labelled")
-    config = VJepaConfig(
-        image_size=32,
-        num_frames=4,
-        tubelet_size=2,
-        patch_size=8,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        predictor_hidden_size=32,
-        predictor_num_hidden_layers=2,
-    )
+    # 32x32 frames, 4-frame clips: 2 x 4 x 4 tokens of width 64.
+    config = VJepaConfig(image_size=32, num_frames=4, tubelet_size=2, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, intermediate_size=256, predictor_hidden_size=32,
+                         predictor_num_hidden_layers=2)
     VJepaForPreTraining(config).save_pretrained(tmp_path / "vjepa")
     results = probe_main(
         [
@@ -362,7 +356,7 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(40) % 2
     features = torch.randn(40, 8, generator=generator) + 4 * labels[:, None].float()
-    data = {"features": features, "labels": labels}
+    data = LabelledFeatures(features, labels)
     args = parse_args(["--model_name_or_path", "unused", "--linear_max_iter", "20",
                        "--linear_weight_decays", "1e-4", "1e-2", "1e-1"])  # fmt: skip
     with caplog.at_level("WARNING", logger="modeling_ijepa.evaluation.linear_probe"):
@@ -381,3 +375,46 @@ def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(cap
     with caplog.at_level("WARNING", logger="modeling_ijepa.evaluation.linear_probe"):
         assert run_probes(data, data, 2, args, "cpu")["linear_probe"]["at_sweep_edge"] == {}
     assert not caplog.records
+
+
+def test_the_pretraining_probe_loads_its_data_once_for_both_encoders(tmp_path, pretraining_folder, monkeypatch):
+    """The end-of-pretraining probe reads the dataset once, and each encoder's results are those of the probe
+    command run alone on the same arguments (which loads the data itself)."""
+    import argparse
+
+    from accelerate import Accelerator
+
+    from modeling_ijepa.data import images
+    from modeling_ijepa.evaluation import pretraining_probe, splits
+
+    folder, _ = pretraining_folder
+    loads = []
+
+    def counted_load(*args, **kwargs):
+        loads.append(args)
+        return images.load_image_dataset(*args, **kwargs)
+
+    args = argparse.Namespace(
+        dataset_name=None, dataset_config_name=None, train_dir=None, cache_dir=None, image_column_name=None,
+        train_split="train", probe_label_column_name=None, probe_eval_split=None, probe_max_train_samples=200,
+        probe_max_eval_samples=100, seed=0,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        patch.setattr(pretraining_probe, "load_image_dataset", counted_load)
+        patch.setattr(splits, "load_image_dataset", counted_load)
+        summary = pretraining_probe.probe_against_random_init(args, Accelerator(), folder)
+    assert len(loads) == 1
+    assert summary["eval_data"] == "test split, 100 of 360 images"
+
+    for encoder, random_init in (("pretrained", False), ("random_init", True)):
+        argv = pretraining_probe.probe_arguments(args, folder, "train", "test", random_init)
+        alone = probe_main(argv[: argv.index("--output_dir")] + argv[argv.index("--output_dir") + 2:]
+                           + ["--output_dir", str(tmp_path / encoder)])  # fmt: skip
+        assert summary[f"{encoder}_linear_top1"] == alone["linear_top1"]
+        assert summary[f"{encoder}_knn_top1"] == alone["knn_top1"]
+        shared = json.loads((folder / "probe" / encoder / "probe_results.json").read_text())
+        for key in ("linear_probe", "sizes", "train_data", "eval_data", "dataset", "class_names"):
+            assert shared[key] == alone[key], key
+        assert [Path(path).name for path in shared["features"]["cache_files"].values()] == [
+            Path(path).name for path in alone["features"]["cache_files"].values()
+        ]

@@ -7,9 +7,7 @@ from pathlib import Path
 from accelerate.logging import get_logger
 
 from modeling_ijepa.cli import HelpFormatter
-from modeling_ijepa.data.images import (
-    DIGITS_NAME,
-)
+from modeling_ijepa.data.images import DIGITS_NAME
 
 logger = get_logger(__name__)
 
@@ -28,15 +26,8 @@ PROBE_EXAMPLES = """examples:
       --train_dir videos/train --validation_dir videos/val --output_dir outputs/probe_video"""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The arguments of `run_linear_probe.py`."""
-    parser = argparse.ArgumentParser(
-        prog="run_linear_probe.py", description=__doc__, epilog=PROBE_EXAMPLES, formatter_class=HelpFormatter
-    )
-    parser.add_argument(
-        "--modality", choices=["image", "video"], default="image", help="Images or videos (video needs folders)."
-    )
-
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encoder to probe, and which of its features."""
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model_name_or_path",
@@ -66,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="For feature extraction."
     )
 
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The labelled splits, how much of them is used, and how they are loaded."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset_name", type=str, default=None,
@@ -91,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)."
     )
 
+
+def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The probes' sweeps and training, the kNN, and low-shot subsets."""
     probe = parser.add_argument_group("probes")
     probe.add_argument(
         "--validation_fraction", type=float, default=0.1, help="Held out of the training split for the sweep."
@@ -111,8 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--attentive_weight_decays", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1],
         help="Video: AdamW weight decays swept for the attentive probe.",
     )
-    probe.add_argument("--attentive_epochs", type=int, default=100, help="Video: training epochs of the attentive probe.")
-    probe.add_argument("--attentive_batch_size", type=int, default=256, help="Video: batch size of the attentive probe.")
+    probe.add_argument(
+        "--attentive_epochs", type=int, default=100, help="Video: training epochs of the attentive probe."
+    )
+    probe.add_argument(
+        "--attentive_batch_size", type=int, default=256, help="Video: batch size of the attentive probe."
+    )
     probe.add_argument("--knn_k", type=int, default=20, help="Neighbours of the weighted kNN classifier.")
     probe.add_argument(
         "--knn_temperature", type=float, default=0.07, help="Temperature of the kNN's similarity weights."
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--label_fraction", type=float, default=None, help="Low-shot: a stratified fraction of labels."
     )
 
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where results go, the seed, and the model card."""
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output_dir", type=str, default="outputs/linear_probe",
@@ -134,16 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--no_update_model_card", action="store_true", help="Leave the model folder's README.md model card as it is."
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The arguments of `run_linear_probe.py`, in the groups of its `--help`."""
+    parser = argparse.ArgumentParser(
+        prog="run_linear_probe.py", description=__doc__, epilog=PROBE_EXAMPLES, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--modality", choices=["image", "video"], default="image", help="Images or videos (video needs folders)."
+    )
+    for add_arguments in (add_model_arguments, add_data_arguments, add_probe_arguments, add_output_arguments):
+        add_arguments(parser)
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The probe command's arguments from `argv` (default: `sys.argv[1:]`), checked."""
     args = build_parser().parse_args(argv)
     check_args(args)
     return args
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Raise `ValueError` on values the parser cannot reject by type alone."""
     if not 0 < args.validation_fraction < 1:
         raise ValueError(f"--validation_fraction must lie in (0, 1), got {args.validation_fraction}.")
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +20,41 @@ from torch import nn
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelledFeatures:
+    """Frozen features of one split, with their labels, on the CPU.
+
+    Attributes:
+        features: `[N, D]` float32, mean-pooled over tokens, or `[N, T, D]`, every token (video, for the attentive
+            probe).
+        labels: `[N]` int64 class indices.
+        num_skipped: examples left out because they could not be read (with their labels).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    num_skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pooled(self) -> torch.Tensor:
+        """`[N, D]`: the features, averaged over tokens when they are kept per token."""
+        return self.features.mean(dim=1) if self.features.ndim == 3 else self.features
+
+    def subset(self, indices: torch.Tensor) -> "LabelledFeatures":
+        """The examples at `indices` (`[M]` int64); the count of skipped examples stays that of the whole split."""
+        return LabelledFeatures(self.features[indices], self.labels[indices], self.num_skipped)
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of a feature cache file: `features`, `labels` and `num_skipped` ([] int64)."""
+        return {"features": self.features, "labels": self.labels, "num_skipped": torch.tensor(self.num_skipped)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LabelledFeatures":
+        return cls(tensors["features"], tensors["labels"], int(tensors["num_skipped"]))
 
 
 def select_tokens(outputs, feature_layers: int) -> torch.Tensor:
@@ -49,7 +85,7 @@ def extract_features(
     description: str = "Extracting features",
     skip_tokens: int = 0,
     forward_arguments: dict | None = None,
-) -> dict[str, torch.Tensor]:
+) -> LabelledFeatures:
     """Run the frozen `model` over `dataloader` and collect features and labels on the CPU.
 
     The first `skip_tokens` tokens (a CLS token, for encoders that have one) are left out. `forward_arguments` go to
@@ -58,7 +94,7 @@ def extract_features(
     `num_skipped` (unreadable examples that `image_data.SkipUnreadable` dropped together with their labels).
 
     Returns:
-        `{"features": [N, D] (pooled) or [N, T, D] (tokens) float32, "labels": [N] int64, "num_skipped": [] int64}`.
+        `LabelledFeatures`: features `[N, D]` (pooled) or `[N, T, D]` (tokens) float32, labels `[N]` int64.
     """
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
@@ -78,7 +114,7 @@ def extract_features(
         labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
     if not features:
         raise ValueError(f"{description}: no readable example (skipped {num_skipped}).")
-    return {"features": torch.cat(features), "labels": torch.cat(labels), "num_skipped": torch.tensor(num_skipped)}
+    return LabelledFeatures(torch.cat(features), torch.cat(labels), num_skipped)
 
 
 def fingerprint(parts: dict) -> str:
@@ -105,20 +141,20 @@ def model_files_fingerprint(model_name_or_path: str) -> dict:
     return {"path": str(path.resolve()), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
 
 
-def cached_features(path: Path, compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
-    """Load the tensors stored at `path`, or compute and store them there (written to a temporary file, then
-    renamed, so an interrupted run never leaves a truncated cache). Returns the tensors and whether they came
+def cached_features(path: Path, compute: Callable[[], LabelledFeatures]) -> tuple[LabelledFeatures, bool]:
+    """Load the features stored at `path`, or compute and store them there (written to a temporary file, then
+    renamed, so an interrupted run never leaves a truncated cache). Returns the features and whether they came
     from the cache."""
     if path.is_file():
         logger.info("Loading cached features from %s (extraction skipped).", path)
-        return load_file(path), True
-    tensors = compute()
+        return LabelledFeatures.from_tensors(load_file(path)), True
+    features = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, temporary)
+    save_file({name: tensor.contiguous() for name, tensor in features.to_tensors().items()}, temporary)
     os.replace(temporary, path)
     logger.info("Cached features in %s.", path)
-    return tensors, False
+    return features, False
 
 
 @contextmanager

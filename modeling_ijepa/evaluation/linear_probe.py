@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Frozen-feature evaluation of an I-JEPA / V-JEPA / V-JEPA 2 encoder: linear probe, attentive probe (video), kNN.
 
-    python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10         --output_dir outputs/probe_cifar10
+    python run_linear_probe.py --model_name_or_path outputs/ijepa --dataset_name ../shared/data/cifar10 \\
+        --output_dir outputs/probe_cifar10
 
-    python run_linear_probe.py --modality video --model_name_or_path outputs/vjepa         --train_dir ../shared/data/video_tiny/labelled/train --validation_dir ../shared/data/video_tiny/labelled/test         --output_dir outputs/probe_video
+    python run_linear_probe.py --modality video --model_name_or_path outputs/vjepa \\
+        --train_dir ../shared/data/video_tiny/labelled/train \\
+        --validation_dir ../shared/data/video_tiny/labelled/test --output_dir outputs/probe_video
 
 The encoder is frozen. Features of the training and eval splits are extracted once and cached in `--output_dir`
 as `features_{train,eval}_<hash>.safetensors`; the hash covers the model files (path, size, modification time),
@@ -28,17 +31,21 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from modeling_ijepa.cli import configure_logging
 from modeling_ijepa.evaluation.arguments import parse_args
 from modeling_ijepa.evaluation.encoders import FORWARD_ARGUMENTS, PREFIX_TOKENS, load_encoder, model_identity
 from modeling_ijepa.evaluation.features import (
+    LabelledFeatures,
     cached_features,
     extract_features,
     fingerprint,
@@ -49,12 +56,13 @@ from modeling_ijepa.evaluation.metrics import TopKAccuracy
 from modeling_ijepa.evaluation.probes import (
     AttentiveProbe,
     MiniBatchTraining,
+    SweepResult,
     attentive_num_heads,
     fit_logistic_regression,
     sweep_and_refit,
     train_probes,
 )
-from modeling_ijepa.evaluation.splits import load_image_splits, load_video_splits
+from modeling_ijepa.evaluation.splits import LabelledData, LabelledSplit, load_labelled_data
 from modeling_ijepa.evaluation.subsets import low_shot_subset
 from modeling_ijepa.hub.probe_card import (
     maybe_update_model_card,
@@ -66,13 +74,26 @@ from modeling_ijepa.hub.probe_card import (
 logger = get_logger(__name__)
 
 
-def split_features(role: str, split: dict, data: dict, encoder, args, accelerator) -> tuple[dict, bool, Path]:
-    """Features of one split, from the cache in `--output_dir` when the same extraction was done before."""
-    pool_tokens = args.modality == "image"  # video keeps every token for the attentive probe
+@dataclass
+class ExtractedSplit:
+    """The features of one split and the cache file they were loaded from (`from_cache`) or written to."""
+
+    features: LabelledFeatures
+    cache_file: Path
+    from_cache: bool
+
+
+def split_features(
+    role: str, split: LabelledSplit, input_name: str, encoder: nn.Module, args: argparse.Namespace, accelerator
+) -> ExtractedSplit:
+    """Features of one split (`role`: "train" or "eval"), from the cache in `--output_dir` when the same extraction
+    was done before. Images give pooled features `[N, D]`; video keeps every token, `[N, T, D]`, for the attentive
+    probe."""
+    pool_tokens = args.modality == "image"
     key = fingerprint(
         {
             "model": model_identity(args),
-            "data": split["identity"],
+            "data": split.identity,
             "feature_layers": args.feature_layers,
             "pool_tokens": pool_tokens,
             "mixed_precision": accelerator.mixed_precision,
@@ -80,43 +101,51 @@ def split_features(role: str, split: dict, data: dict, encoder, args, accelerato
     )
     path = Path(args.output_dir) / f"features_{role}_{key}.safetensors"
 
-    def extract() -> dict:
+    def extract() -> LabelledFeatures:
         dataloader = DataLoader(
-            split["dataset"],
+            split.dataset,
             batch_size=args.per_device_eval_batch_size,
-            collate_fn=split["collate_fn"],
+            collate_fn=split.collate_fn,
             num_workers=args.dataloader_num_workers,
         )
         return extract_features(
             encoder,
             dataloader,
-            data["input_name"],
+            input_name,
             args.feature_layers,
             pool_tokens,
             accelerator,
-            description=f"Extracting {role} features ({split['split']})",
+            description=f"Extracting {role} features ({split.name})",
             skip_tokens=PREFIX_TOKENS.get(encoder.config.model_type, 0),
             forward_arguments=FORWARD_ARGUMENTS.get(encoder.config.model_type),
         )
 
-    features, was_cached = cached_features(path, extract)
-    return features, was_cached, path
+    features, from_cache = cached_features(path, extract)
+    return ExtractedSplit(features, path, from_cache)
 
 
 def top_k_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Top-1 and top-5 (`None` when there are 5 classes or fewer, where it would always be 1)."""
+    """Top-1 and top-5 of scores `[N, C]` against labels `[N]` (top-5 is `None` when there are 5 classes or fewer,
+    where it would always be 1)."""
     results = TopKAccuracy(keep_in_memory=True).compute(predictions=scores.numpy(), references=labels.numpy())
     return {"top1": results["top1"], "top5": results.get("top5")}
 
 
-def run_probes(train: dict, evaluation: dict, num_classes: int, args, device) -> dict:
-    """The linear probe on pooled features (and, on video tokens, the attentive probe), each with its sweep; kNN."""
-    train_labels, eval_labels = train["labels"], evaluation["labels"]
-    video = args.modality == "video"
-    train_pooled = train["features"].mean(dim=1) if video else train["features"]
-    eval_pooled = evaluation["features"].mean(dim=1) if video else evaluation["features"]
+@dataclass
+class SweptProbe:
+    """A probe to sweep: `fit(features, labels, settings)` trains one probe per setting (a dict of
+    hyperparameters) on `train_features`; the refit one scores `eval_features` (`[N, D]` or `[N, T, D]`)."""
 
-    def fit_linear(features, labels, settings):
+    fit: Callable[[torch.Tensor, torch.Tensor, list[dict]], list[nn.Module]]
+    settings: list[dict]
+    train_features: torch.Tensor
+    eval_features: torch.Tensor
+
+
+def linear_probe(train: torch.Tensor, evaluation: torch.Tensor, num_classes: int, args, device) -> SweptProbe:
+    """Logistic regression on pooled features `[N, D]`, one fit per L2 strength of `--linear_weight_decays`."""
+
+    def fit(features: torch.Tensor, labels: torch.Tensor, settings: list[dict]) -> list[nn.Module]:
         return [
             fit_logistic_regression(
                 features, labels, num_classes, setting["weight_decay"], args.linear_max_iter, device
@@ -124,52 +153,73 @@ def run_probes(train: dict, evaluation: dict, num_classes: int, args, device) ->
             for setting in settings
         ]
 
-    probes = {
-        "linear": (
-            fit_linear,
-            [{"weight_decay": value} for value in args.linear_weight_decays],
-            train_pooled,
-            eval_pooled,
+    return SweptProbe(fit, [{"weight_decay": value} for value in args.linear_weight_decays], train, evaluation)
+
+
+def attentive_probe(train: torch.Tensor, evaluation: torch.Tensor, num_classes: int, args, device) -> SweptProbe:
+    """The attentive probe on tokens `[N, T, D]`, over the grid of learning rates x weight decays."""
+    width = train.shape[-1]
+    fit = functools.partial(
+        train_probes,
+        lambda: AttentiveProbe(width, num_classes, attentive_num_heads(width)),
+        training=MiniBatchTraining(args.attentive_epochs, args.attentive_batch_size, device),
+        seed=args.seed,
+    )
+    settings = [
+        {"learning_rate": learning_rate, "weight_decay": weight_decay}
+        for learning_rate, weight_decay in itertools.product(
+            args.attentive_learning_rates, args.attentive_weight_decays
         )
+    ]
+    return SweptProbe(fit, settings, train, evaluation)
+
+
+def swept_probe_results(name: str, outcome: SweepResult, eval_labels: torch.Tensor) -> dict:
+    """The results entries of one swept probe: its accuracies and its sweep; warns when a chosen value is at the
+    edge of the sweep."""
+    accuracy = top_k_accuracy(outcome.scores, eval_labels)
+    details = {
+        "sweep": outcome.table,
+        "chosen": outcome.chosen,
+        "at_sweep_edge": outcome.at_edge,
+        "num_fit": outcome.num_fit,
+        "num_validation": outcome.num_validation,
     }
-    if video:
-        width = train["features"].shape[-1]
-        fit_attentive = functools.partial(
-            train_probes,
-            lambda: AttentiveProbe(width, num_classes, attentive_num_heads(width)),
-            training=MiniBatchTraining(args.attentive_epochs, args.attentive_batch_size, device),
-            seed=args.seed,
+    for hyperparameter, note in sweep_edge_notes(details).items():
+        logger.warning(
+            f"The {name} probe's {note}: the best value may lie beyond the sweep; widen --{name}_{hyperparameter}s."
         )
-        settings = [
-            {"learning_rate": learning_rate, "weight_decay": weight_decay}
-            for learning_rate, weight_decay in itertools.product(
-                args.attentive_learning_rates, args.attentive_weight_decays
-            )
-        ]
-        probes["attentive"] = (fit_attentive, settings, train["features"], evaluation["features"])
+    return {f"{name}_top1": accuracy["top1"], f"{name}_top5": accuracy["top5"], f"{name}_probe": details}
+
+
+def run_probes(
+    train: LabelledFeatures, evaluation: LabelledFeatures, num_classes: int, args: argparse.Namespace, device
+) -> dict:
+    """The linear probe on pooled features (and, on video tokens, the attentive probe), each with its sweep; kNN.
+
+    Returns the results entries `{probe}_top1`, `{probe}_top5`, `{probe}_probe` (sweep), `knn_top1`, `knn_top5`
+    and `timings`."""
+    train_pooled, eval_pooled = train.pooled(), evaluation.pooled()
+    probes = {"linear": linear_probe(train_pooled, eval_pooled, num_classes, args, device)}
+    if args.modality == "video":
+        probes["attentive"] = attentive_probe(train.features, evaluation.features, num_classes, args, device)
 
     results, timings = {}, {}
-    for name, (fit_probes, settings, train_features, eval_features) in probes.items():
+    for name, swept in probes.items():
         with timed(timings, f"{name}_probe_s"):
             outcome = sweep_and_refit(
-                fit_probes, settings, train_features, train_labels, eval_features, args.validation_fraction, args.seed
+                swept.fit,
+                swept.settings,
+                swept.train_features,
+                train.labels,
+                swept.eval_features,
+                args.validation_fraction,
+                args.seed,
             )
-        accuracy = top_k_accuracy(outcome.scores, eval_labels)
-        results[f"{name}_top1"], results[f"{name}_top5"] = accuracy["top1"], accuracy["top5"]
-        results[f"{name}_probe"] = {
-            "sweep": outcome.table,
-            "chosen": outcome.chosen,
-            "at_sweep_edge": outcome.at_edge,
-            "num_fit": outcome.num_fit,
-            "num_validation": outcome.num_validation,
-        }
-        for hyperparameter, note in sweep_edge_notes(results[f"{name}_probe"]).items():
-            logger.warning(
-                f"The {name} probe's {note}: the best value may lie beyond the sweep; widen --{name}_{hyperparameter}s."
-            )
+        results |= swept_probe_results(name, outcome, evaluation.labels)
     with timed(timings, "knn_s"):
-        scores = knn_scores(train_pooled, train_labels, eval_pooled, num_classes, args.knn_k, args.knn_temperature)
-    accuracy = top_k_accuracy(scores, eval_labels)
+        scores = knn_scores(train_pooled, train.labels, eval_pooled, num_classes, args.knn_k, args.knn_temperature)
+    accuracy = top_k_accuracy(scores, evaluation.labels)
     results["knn_top1"], results["knn_top5"] = accuracy["top1"], accuracy["top5"]
     results["timings"] = timings
     return results
@@ -216,9 +266,82 @@ def main(argv=None) -> dict:
     return probe(args, accelerator)
 
 
-def probe(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+def low_shot_training(train: LabelledFeatures, class_names: list[str], args: argparse.Namespace) -> LabelledFeatures:
+    """The training features the probes may use: all of them, or the low-shot subset (`--samples_per_class`,
+    `--label_fraction`)."""
+    subset = low_shot_subset(train.labels, class_names, args.samples_per_class, args.label_fraction, args.seed)
+    return train if subset is None else train.subset(subset)
+
+
+def sizes_record(
+    args: argparse.Namespace, data: LabelledData, extracted: dict[str, ExtractedSplit], num_used: int
+) -> dict:
+    """How many examples each split gave and how many the probes used."""
+    return {
+        "train_extracted": len(extracted["train"].features),
+        "train_used": num_used,
+        "eval": len(extracted["eval"].features),
+        # Unreadable images; for video, the unreadable, empty or too short videos left out of the dataset.
+        "skipped": {
+            role: extracted[role].features.num_skipped + split.num_unusable for role, split in data.splits().items()
+        },
+        "max_train_samples": args.max_train_samples,
+        "max_eval_samples": args.max_eval_samples,
+    }
+
+
+def features_record(args: argparse.Namespace, extracted: dict[str, ExtractedSplit]) -> dict:
+    """Which features the probes saw, and their cache files."""
+    layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
+    pooling = "mean over tokens" if args.modality == "image" else "all tokens (mean over tokens for linear and kNN)"
+    return {
+        "layers": args.feature_layers,
+        "description": f"{layers}, {pooling}",
+        "dim": extracted["train"].features.features.shape[-1],
+        "cached": {role: split.from_cache for role, split in extracted.items()},
+        "cache_files": {role: str(split.cache_file) for role, split in extracted.items()},
+    }
+
+
+def results_record(
+    args: argparse.Namespace,
+    data: LabelledData,
+    extracted: dict[str, ExtractedSplit],
+    num_used: int,
+    probe_results: dict,
+) -> dict:
+    """Everything `probe_results.json` records of a probe run but its timings and the model card it updated;
+    `num_used` is the number of training examples the probes used, `probe_results` what `run_probes` returned."""
+    train, evaluation = data.train, data.evaluation
+    num_eval = len(extracted["eval"].features)
+    return {
+        "model_name_or_path": args.model_name_or_path,
+        "random_init": args.random_init,
+        "modality": args.modality,
+        # Copies: the same splits may serve several probe runs (the pretraining probe's two encoders).
+        "dataset": dict(data.description),
+        "train_split": train.name,
+        "eval_split": evaluation.name,
+        "train_data": split_description(train.name, num_used, train.num_available, data.unit),
+        "eval_data": split_description(evaluation.name, num_eval, evaluation.num_available, data.unit),
+        "num_classes": len(data.class_names),
+        "class_names": list(data.class_names),
+        "sizes": sizes_record(args, data, extracted, num_used),
+        "features": features_record(args, extracted),
+        "low_shot": {"samples_per_class": args.samples_per_class, "label_fraction": args.label_fraction},
+        "validation_fraction": args.validation_fraction,
+        "probe_training": probe_training_description(args),
+        **probe_results,
+        "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "votes": "exp(cosine similarity / temperature)"},
+        "seed": args.seed,
+    }
+
+
+def probe(args: argparse.Namespace, accelerator: Accelerator, data: LabelledData | None = None) -> dict:
     """Probe the encoder that `args` (from `parse_args`) names, on `accelerator`'s device, in this process alone.
 
+    `data`: the labelled splits, when the caller has loaded them already (`load_labelled_data` for an encoder of
+    the same input size), so that several encoders are probed on one load; by default they are loaded from `args`.
     Also what pretraining runs at its end (on its main process), with the training run's accelerator."""
     start = time.perf_counter()
     os.makedirs(args.output_dir, exist_ok=True)
@@ -227,71 +350,18 @@ def probe(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     with timed(timings, "load_model_s"):
         encoder = load_encoder(args).to(accelerator.device)
     with timed(timings, "load_data_s"):
-        if args.modality == "image":
-            data = load_image_splits(args, encoder.config.image_size)
-        else:
-            data = load_video_splits(args, encoder.config)
-    features, cached, cache_files = {}, {}, {}
-    for role, split in data["splits"].items():
+        if data is None:
+            data = load_labelled_data(args, encoder.config)
+    extracted = {}
+    for role, split in data.splits().items():
         with timed(timings, f"extract_{role}_s"):
-            features[role], cached[role], cache_files[role] = split_features(
-                role, split, data, encoder, args, accelerator
-            )
+            extracted[role] = split_features(role, split, data.input_name, encoder, args, accelerator)
 
-    train = features["train"]
-    class_names = data["class_names"]
-    subset = low_shot_subset(train["labels"], class_names, args.samples_per_class, args.label_fraction, args.seed)
-    if subset is not None:
-        train = {"features": train["features"][subset], "labels": train["labels"][subset]}
-    results = run_probes(train, features["eval"], len(class_names), args, accelerator.device)
-    timings |= results.pop("timings")
-
-    unit = "image" if args.modality == "image" else "video"
-    train_split, eval_split = data["splits"]["train"], data["splits"]["eval"]
-    train_data = split_description(train_split["split"], len(train["labels"]), train_split["num_available"], unit)
-    eval_data = split_description(
-        eval_split["split"], len(features["eval"]["labels"]), eval_split["num_available"], unit
-    )
-    layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
-    pooling = "mean over tokens" if args.modality == "image" else "all tokens (mean over tokens for linear and kNN)"
-    results = {
-        "model_name_or_path": args.model_name_or_path,
-        "random_init": args.random_init,
-        "modality": args.modality,
-        "dataset": data["description"],
-        "train_split": data["splits"]["train"]["split"],
-        "eval_split": data["splits"]["eval"]["split"],
-        "train_data": train_data,
-        "eval_data": eval_data,
-        "num_classes": len(class_names),
-        "class_names": class_names,
-        "sizes": {
-            "train_extracted": len(features["train"]["labels"]),
-            "train_used": len(train["labels"]),
-            "eval": len(features["eval"]["labels"]),
-            # Unreadable images; for video, the unreadable, empty or too short videos left out of the dataset.
-            "skipped": {
-                role: int(features[role]["num_skipped"]) + split.get("num_unusable", 0)
-                for role, split in data["splits"].items()
-            },
-            "max_train_samples": args.max_train_samples,
-            "max_eval_samples": args.max_eval_samples,
-        },
-        "features": {
-            "layers": args.feature_layers,
-            "description": f"{layers}, {pooling}",
-            "dim": features["train"]["features"].shape[-1],
-            "cached": cached,
-            "cache_files": {role: str(path) for role, path in cache_files.items()},
-        },
-        "low_shot": {"samples_per_class": args.samples_per_class, "label_fraction": args.label_fraction},
-        "validation_fraction": args.validation_fraction,
-        "probe_training": probe_training_description(args),
-        **results,
-        "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "votes": "exp(cosine similarity / temperature)"},
-        "seed": args.seed,
-    }
-    card_path = maybe_update_model_card(results, data, args)
+    train = low_shot_training(extracted["train"].features, data.class_names, args)
+    probe_results = run_probes(train, extracted["eval"].features, len(data.class_names), args, accelerator.device)
+    timings |= probe_results.pop("timings")
+    results = results_record(args, data, extracted, len(train), probe_results)
+    card_path = maybe_update_model_card(results, args)
     results["model_card_updated"] = str(card_path) if card_path else None
     timings["total_s"] = round(time.perf_counter() - start, 3)
     results["timings"] = timings

@@ -12,15 +12,19 @@ so this is the comparison that tells whether the compute was worth it.
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from datasets import DatasetDict  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
 
-from modeling_ijepa.evaluation import linear_probe  # noqa: E402
 from modeling_ijepa.data.images import find_label_column, load_image_dataset  # noqa: E402
+from modeling_ijepa.evaluation import linear_probe  # noqa: E402
+from modeling_ijepa.evaluation.splits import load_image_splits  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +32,17 @@ EVAL_SPLITS = ("test", "validation")
 METRICS = {"linear_top1": "linear probe", "knn_top1": "kNN"}
 
 
-def labelled_splits(args) -> tuple[str, str] | str:
-    """`(train split, eval split)` to probe on, or the reason why the pretraining data cannot be probed."""
+@dataclass
+class PretrainingSplits:
+    """The pretraining data, loaded once for both probe runs, and the two splits of it that they use."""
+
+    dataset: DatasetDict
+    train_split: str
+    eval_split: str
+
+
+def labelled_splits(args) -> PretrainingSplits | str:
+    """The pretraining data with its training and eval split to probe on, or the reason why it cannot be probed."""
     splits = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_dir, args.cache_dir)
     try:
         find_label_column(splits[args.train_split], args.probe_label_column_name)
@@ -39,7 +52,7 @@ def labelled_splits(args) -> tuple[str, str] | str:
     eval_split = next((split for split in candidates if split in splits and split != args.train_split), None)
     if eval_split is None:
         return f"no held-out split among {candidates} (the dataset has {list(splits)}): pass --probe_eval_split"
-    return args.train_split, eval_split
+    return PretrainingSplits(splits, args.train_split, eval_split)
 
 
 def probe_arguments(args, output_dir: Path, train_split: str, eval_split: str, random_init: bool) -> list[str]:
@@ -92,10 +105,17 @@ def probe_against_random_init(args, accelerator, output_dir: str | Path) -> dict
     if isinstance(splits, str):
         logger.info(f"Skipping the probe against random initialisation: {splits}.")
         return None
-    results = {}
-    for encoder, random_init in (("pretrained", False), ("random_init", True)):
-        probe_args = linear_probe.parse_args(probe_arguments(args, output_dir, *splits, random_init))
-        results[encoder] = linear_probe.probe(probe_args, accelerator)
+    probe_args = {
+        encoder: linear_probe.parse_args(
+            probe_arguments(args, output_dir, splits.train_split, splits.eval_split, random_init)
+        )
+        for encoder, random_init in (("pretrained", False), ("random_init", True))
+    }
+    # The two runs differ only in their weights and output folders, and random initialisation keeps the exported
+    # architecture, hence its input size: the data is loaded and prepared once for both.
+    image_size = AutoConfig.from_pretrained(output_dir).image_size
+    data = load_image_splits(probe_args["pretrained"], image_size, splits.dataset)
+    results = {encoder: linear_probe.probe(arguments, accelerator, data) for encoder, arguments in probe_args.items()}
     gains = {metric: results["pretrained"][metric] - results["random_init"][metric] for metric in METRICS}
     pays_off, sentence = verdict(gains)
     (logger.info if pays_off else logger.warning)(sentence.replace("**", ""))

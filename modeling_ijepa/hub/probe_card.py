@@ -73,12 +73,13 @@ def card_metrics(results: dict, args) -> list[CardMetric]:
     return metrics
 
 
-def maybe_update_model_card(results: dict, data: dict, args) -> Path | None:
-    """Record the accuracies in the model folder's card, when it has one and the probed weights are its own."""
+def maybe_update_model_card(results: dict, args) -> Path | None:
+    """Record the accuracies of a probe run (`results`, as in `probe_results.json`) in the model folder's card, when
+    it has one and the probed weights are its own."""
     card_path = Path(args.model_name_or_path).expanduser() / "README.md"
     if args.no_update_model_card or args.random_init or not card_path.is_file():
         return None
-    name = data["description"]["name"]
+    name = results["dataset"]["name"]
     dataset_type = Path(name).name if Path(name).exists() else name
     update_model_card(
         card_path,
