@@ -1,60 +1,87 @@
 # SPDX-License-Identifier: Apache-2.0
-"""I-JEPA configuration: transformers' encoder fields plus the predictor."""
+"""I-JEPA configuration: transformers' encoder fields plus the predictor, and the size checks of every JEPA config."""
 
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
 from transformers import IJepaConfig as StockIJepaConfig
 from transformers import PreTrainedConfig
 
 
-def as_pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """`224` -> `(224, 224)`; `(224, 160)` stays as it is."""
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"Expected an int or a (height, width) pair, got {value!r}.")
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def as_pair(value: int | Sequence[int], name: str = "size") -> tuple[int, int]:
+    """`224` -> `(224, 224)`; `(224, 160)` stays as it is. Raises `ValueError`, naming `name`, for anything but a
+    positive int or a pair of them."""
+    pair = tuple(value) if isinstance(value, Sequence) else (value, value)
+    if len(pair) != 2 or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in pair):
+        raise ValueError(f"Expected `{name}` to be a positive int or a pair of positive ints, got {value!r}.")
+    return pair
 
 
-def check_positive(**values: int | float) -> None:
-    for name, value in values.items():
-        if value is None or value <= 0:
-            raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+# How `validate_sizes` words a failure: format strings over `name`, `value` and, for "divisible", `divisor_name`,
+# `divisor` and `reason`. The mask collators and the training script (whose words name its flags) pass their own
+# to the same checks, so that each size rule is written once: here, or beside the config it belongs to.
+SIZE_MESSAGES = {
+    "positive": "`{name}` must be a positive number, got {value!r}.",
+    "divisible": "`{name}` ({value}) must be divisible by `{divisor_name}` ({divisor}): {reason}.",
+}
+
+# The sizes of every JEPA ViT that must be positive; the training script has an argument of each name.
+VIT_SIZES = (
+    "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "predictor_hidden_size",
+    "predictor_num_hidden_layers", "predictor_num_attention_heads",
+)  # fmt: skip
+
+HEAD_CHANNELS = "each attention head gets an equal share of the channels"
+# `(size, divisor, why)`: sizes that must be whole multiples of another.
+IMAGE_PATCHES = ("image_size", "patch_size", "images split into whole patches")
+VIT_DIVISIBLE_SIZES = (
+    IMAGE_PATCHES,
+    ("hidden_size", "num_attention_heads", HEAD_CHANNELS),
+    ("predictor_hidden_size", "predictor_num_attention_heads", HEAD_CHANNELS),
+)
 
 
-def check_divisible(width_name: str, width: int, heads_name: str, heads: int) -> None:
-    if width % heads != 0:
-        raise ValueError(
-            f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}): "
-            f"each attention head gets {width_name} / {heads_name} channels."
-        )
+def validate_sizes(
+    sizes: Mapping[str, Any],
+    positive: Iterable[str] = (),
+    divisible: Iterable[tuple[str, str, str]] = (),
+    messages: Mapping[str, str] = SIZE_MESSAGES,
+) -> None:
+    """Raise `ValueError` at the first size that cannot make a model.
+
+    Args:
+        sizes: the values by name (a config's fields, the script's arguments); a size is a number or an
+            `(height, width)` pair.
+        positive: names of the sizes that must be positive.
+        divisible: `(name, divisor_name, reason)` triples: size `name` must be a whole multiple of size `divisor_name`
+            (side by side for pairs).
+        messages: the words of a failure (see `SIZE_MESSAGES`).
+    """
+    for name in positive:
+        value = sizes[name]
+        sides = value if isinstance(value, (tuple, list)) else (value,)
+        if not sides or not all(side is not None and side > 0 for side in sides):
+            raise ValueError(messages["positive"].format(name=name, value=value))
+    for name, divisor_name, reason in divisible:
+        value, divisor = sizes[name], sizes[divisor_name]
+        if any(side % part for side, part in zip(as_pair(value, name), as_pair(divisor, divisor_name))):
+            raise ValueError(
+                messages["divisible"].format(
+                    name=name, value=value, divisor_name=divisor_name, divisor=divisor, reason=reason
+                )
+            )
 
 
-def check_vit_sizes(config) -> None:
-    """The checks every JEPA config shares: positive sizes, an image that splits into patches, widths that
-    split into heads, for the encoder and the predictor."""
-    check_positive(
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        intermediate_size=config.intermediate_size,
-        num_channels=config.num_channels,
-        predictor_hidden_size=config.predictor_hidden_size,
-        predictor_num_hidden_layers=config.predictor_num_hidden_layers,
-        predictor_num_attention_heads=config.predictor_num_attention_heads,
-    )
-    image_size, patch_size = as_pair(config.image_size), as_pair(config.patch_size)
-    check_positive(image_size=min(image_size), patch_size=min(patch_size))
-    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-        raise ValueError(
-            f"`image_size` {config.image_size} must be divisible by `patch_size` {config.patch_size}: "
-            f"{image_size[0]}x{image_size[1]} pixels do not split into {patch_size[0]}x{patch_size[1]} patches."
-        )
-    check_divisible("hidden_size", config.hidden_size, "num_attention_heads", config.num_attention_heads)
-    check_divisible(
-        "predictor_hidden_size",
-        config.predictor_hidden_size,
-        "predictor_num_attention_heads",
-        config.predictor_num_attention_heads,
-    )
+def patch_grid(
+    image_size: int | Sequence[int], patch_size: int | Sequence[int], messages: Mapping[str, str] = SIZE_MESSAGES
+) -> tuple[int, int]:
+    """Patches per column and per row of an image (`image_size`, `patch_size`: ints or `(height, width)` pairs);
+    `ValueError` where they do not split into whole patches."""
+    sizes = {"image_size": as_pair(image_size, "image_size"), "patch_size": as_pair(patch_size, "patch_size")}
+    validate_sizes(sizes, divisible=[IMAGE_PATCHES], messages=messages)
+    (height, width), (patch_height, patch_width) = sizes["image_size"], sizes["patch_size"]
+    return height // patch_height, width // patch_width
 
 
 class PredictorLayerConfig:
@@ -95,6 +122,7 @@ class PredictorLayerConfig:
         return getattr(self.model_config, name)
 
 
+@strict
 class IJepaConfig(StockIJepaConfig):
     r"""
     Configuration of an I-JEPA model: the ViT encoder (the fields and `model_type` of transformers'
@@ -124,6 +152,9 @@ class IJepaConfig(StockIJepaConfig):
             tokens, `sum of squared off-diagonal covariances / D`. Not in the paper; 0 (off) reproduces it.
 
     The predictor's MLP has the same ratio to its width as the encoder's.
+
+    The values are checked as transformers checks its configs: `@strict` checks each field's type when it is set,
+    and `validate()` runs the `validate_*` methods (after `__init__` and in `save_pretrained`).
     """
 
     model_type = "ijepa"
@@ -132,27 +163,34 @@ class IJepaConfig(StockIJepaConfig):
     predictor_hidden_size: int = 384
     predictor_num_hidden_layers: int = 12
     predictor_num_attention_heads: int | None = None
-    variance_loss_weight: float = 0.0
-    covariance_loss_weight: float = 0.0
+    variance_loss_weight: float | int = 0.0
+    covariance_loss_weight: float | int = 0.0
 
     def __post_init__(self, **kwargs):
         if self.predictor_num_attention_heads is None:
             self.predictor_num_attention_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
-        self.check_sizes()
+        # `validate()` wraps what it finds in `StrictDataclassClassValidationError`, which is no `ValueError`: the
+        # checks run here first, so that a config that cannot make a model fails with a `ValueError` naming the field.
+        self.validate_architecture()
+        self.validate_loss_weights()
+
+    def validate_architecture(self) -> None:
+        """Part of `@strict`-powered validation: raise `ValueError` naming the first size that cannot make a model."""
+        super().validate_architecture()
+        positive = (*VIT_SIZES, "intermediate_size", "num_channels")
+        validate_sizes(vars(self), positive=positive, divisible=VIT_DIVISIBLE_SIZES)
+
+    def validate_loss_weights(self) -> None:
+        """Part of `@strict`-powered validation: the regulariser weights are not negative."""
         for name in ("variance_loss_weight", "covariance_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
 
-    def check_sizes(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot make a model."""
-        check_vit_sizes(self)
-
     @property
     def grid_size(self) -> tuple[int, int]:
         """Patches per column and per row at the configured resolution."""
-        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
-        return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+        return patch_grid(self.image_size, self.patch_size)
 
     @property
     def num_patches(self) -> int:

@@ -1,11 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """V-JEPA configuration: the video ViT encoder (tubelet patches, 3D sin-cos positions) and the predictor."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from .configuration_ijepa import PredictorLayerConfig, as_pair, check_positive, check_vit_sizes
+from .configuration_ijepa import VIT_DIVISIBLE_SIZES, VIT_SIZES, PredictorLayerConfig, patch_grid, validate_sizes
+
+# The sizes a video ViT adds, which the training script names as its arguments, and the rule between them
+# (see `VIT_DIVISIBLE_SIZES`).
+VIDEO_SIZES = ("num_frames", "tubelet_size")
+FRAME_TUBELETS = ("num_frames", "tubelet_size", "each token covers a whole tubelet of frames")
 
 
+@strict
 class VJepaConfig(PreTrainedConfig):
     r"""
     Configuration of a V-JEPA model (Bardes et al., 2024): a ViT over video tubelets with a fixed 3D sin-cos
@@ -71,39 +78,38 @@ class VJepaConfig(PreTrainedConfig):
         if self.predictor_num_attention_heads is None:
             self.predictor_num_attention_heads = self.num_attention_heads
         super().__post_init__(**kwargs)
-        self.check_sizes()
+        # A `ValueError` naming the field, rather than the `StrictDataclassClassValidationError` of `validate()`
+        # (see `IJepaConfig.__post_init__`).
+        self.validate_architecture()
 
-    def check_sizes(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot make a model."""
-        check_vit_sizes(self)
-        check_positive(
-            num_frames=self.num_frames,
-            tubelet_size=self.tubelet_size,
-            num_mask_tokens=self.num_mask_tokens,
-            loss_exponent=self.loss_exponent,
+    def validate_architecture(self) -> None:
+        """Part of `@strict`-powered validation: raise `ValueError` naming the first size that cannot make a model."""
+        super().validate_architecture()
+        validate_sizes(
+            vars(self),
+            positive=(
+                *VIT_SIZES,
+                "intermediate_size",
+                "num_channels",
+                *VIDEO_SIZES,
+                "num_mask_tokens",
+                "loss_exponent",
+            ),
+            divisible=(*VIT_DIVISIBLE_SIZES, FRAME_TUBELETS),
         )
-        if self.num_frames % self.tubelet_size:
-            raise ValueError(
-                f"`num_frames` ({self.num_frames}) must be divisible by `tubelet_size` ({self.tubelet_size}): "
-                "each token covers `tubelet_size` consecutive frames."
-            )
         if not self.uniform_power:
             # Time, row and column get D/2, D/4 and D/4 sin-cos channels, and each part needs an even count.
-            for name, width in (
-                ("hidden_size", self.hidden_size),
-                ("predictor_hidden_size", self.predictor_hidden_size),
-            ):
-                if width % 8:
+            for name in ("hidden_size", "predictor_hidden_size"):
+                if getattr(self, name) % 8:
                     raise ValueError(
-                        f"`{name}` ({width}) must be divisible by 8 when `uniform_power=False`: the 3D sin-cos table "
-                        "gives time D/2 and rows and columns D/4 channels each, all even."
+                        f"`{name}` ({getattr(self, name)}) must be divisible by 8 when `uniform_power=False`: the 3D "
+                        "sin-cos table gives time D/2 and rows and columns D/4 channels each, all even."
                     )
 
     @property
     def grid_size(self) -> tuple[int, int, int]:
         """Tokens along time, rows and columns at the configured clip size."""
-        image_size, patch_size = as_pair(self.image_size), as_pair(self.patch_size)
-        return self.num_frames // self.tubelet_size, image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+        return self.num_frames // self.tubelet_size, *patch_grid(self.image_size, self.patch_size)
 
     @property
     def num_patches(self) -> int:

@@ -5,7 +5,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers import VJEPA2Config as StockVJEPA2Config
 
-from .configuration_ijepa import check_divisible, check_positive
+from .configuration_ijepa import HEAD_CHANNELS, validate_sizes
 
 
 def rope_axis_dims(head_dim: int) -> int:
@@ -69,46 +69,34 @@ class VJepa2Config(StockVJEPA2Config):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.check_sizes()
+        # A `ValueError` naming the field, rather than the `StrictDataclassClassValidationError` of `validate()`
+        # (see `IJepaConfig.__post_init__`).
+        self.validate_architecture()
 
-    def check_sizes(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot make a model."""
-        check_positive(
-            crop_size=self.crop_size,
-            frames_per_clip=self.frames_per_clip,
-            tubelet_size=self.tubelet_size,
-            in_chans=self.in_chans,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            pred_hidden_size=self.pred_hidden_size,
-            pred_num_hidden_layers=self.pred_num_hidden_layers,
-            pred_num_attention_heads=self.pred_num_attention_heads,
-            pred_num_mask_tokens=self.pred_num_mask_tokens,
-            loss_exponent=self.loss_exponent,
-        )
+    def validate_architecture(self) -> None:
+        """Part of `@strict`-powered validation: raise `ValueError` naming the first size that cannot make a model."""
+        super().validate_architecture()
+        positive = (
+            "crop_size", "frames_per_clip", "tubelet_size", "in_chans", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "pred_hidden_size", "pred_num_hidden_layers", "pred_num_attention_heads",
+            "pred_num_mask_tokens", "loss_exponent",
+        )  # fmt: skip
+        validate_sizes(vars(self), positive=positive)
         if not isinstance(self.patch_size, int) or self.patch_size <= 0:
             # Stock `vjepa2` layers read `patch_size` as one number (square patches).
             raise ValueError(f"`patch_size` must be a positive int (square patches), got {self.patch_size!r}.")
-        if self.crop_size % self.patch_size:
-            raise ValueError(
-                f"`crop_size` ({self.crop_size}) must be divisible by `patch_size` ({self.patch_size}): "
-                "frames split into square patches."
-            )
-        if self.frames_per_clip % self.tubelet_size:
-            raise ValueError(
-                f"`frames_per_clip` ({self.frames_per_clip}) must be divisible by `tubelet_size` "
-                f"({self.tubelet_size}): each token covers `tubelet_size` consecutive frames."
-            )
-        for width_name, heads_name in (
-            ("hidden_size", "num_attention_heads"),
-            ("pred_hidden_size", "pred_num_attention_heads"),
-        ):
-            width, heads = getattr(self, width_name), getattr(self, heads_name)
-            check_divisible(width_name, width, heads_name, heads)
-            if rope_axis_dims(width // heads) == 0:
+        divisible = (
+            ("crop_size", "patch_size", "frames split into square patches"),
+            ("frames_per_clip", "tubelet_size", "each token covers a whole tubelet of frames"),
+            ("hidden_size", "num_attention_heads", HEAD_CHANNELS),
+            ("pred_hidden_size", "pred_num_attention_heads", HEAD_CHANNELS),
+        )
+        validate_sizes(vars(self), divisible=divisible)
+        for width_name, heads_name, _ in divisible[2:]:
+            head_dim = getattr(self, width_name) // getattr(self, heads_name)
+            if rope_axis_dims(head_dim) == 0:
                 raise ValueError(
-                    f"`{width_name}` / `{heads_name}` = {width // heads} channels per head is too few for 3D RoPE: "
+                    f"`{width_name}` / `{heads_name}` = {head_dim} channels per head is too few for 3D RoPE: "
                     "frame, row and column need at least 2 channels each (6 in all; the reference code needs 12)."
                 )
 

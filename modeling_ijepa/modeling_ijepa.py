@@ -61,9 +61,7 @@ def check_index_tensor(
     if indices.ndim != ndim:
         raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(indices.shape)}.")
     if indices.shape[0] != batch_size:
-        raise ValueError(
-            f"`{name}` has batch size {indices.shape[0]} but {reference} batch size {batch_size}."
-        )
+        raise ValueError(f"`{name}` has batch size {indices.shape[0]} but {reference} batch size {batch_size}.")
     if indices.numel() == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(indices.shape)}): every block needs a patch.")
 
@@ -198,9 +196,9 @@ class IJepaPreTrainedModel(StockIJepaPreTrainedModel):
         if isinstance(module, IJepaEmbeddings):
             grid_size = (module.image_size[0] // module.patch_size, module.image_size[1] // module.patch_size)
             init.copy_(module.position_embeddings, sincos_2d(module.position_embeddings.shape[-1], grid_size)[None])
-        elif isinstance(module, IJepaPredictor):
-            init.copy_(module.position_embeddings, sincos_2d(module.position_embeddings.shape[-1], module.grid_size)[None])
-            init.trunc_normal_(module.mask_token, std=self.config.initializer_range)
+        elif isinstance(module, JepaPredictor):
+            init.copy_(module.position_embeddings, module.position_table()[None])
+            module.init_mask_tokens(self.config.initializer_range)
 
 
 class IJepaModel(IJepaPreTrainedModel):
@@ -267,25 +265,90 @@ class IJepaModel(IJepaPreTrainedModel):
         return encode_tokens(self, hidden_states, context_indices, **kwargs)
 
 
-class IJepaPredictor(nn.Module):
-    """The narrow ViT predictor.
+class JepaPredictor(nn.Module):
+    """The narrow ViT predictor that I-JEPA and V-JEPA share.
 
     Each target block is predicted in a sequence of its own, `[context tokens | one mask token per target
     patch]`, where every token carries the fixed sin-cos position of its patch; the outputs at the mask
-    tokens are projected back to the encoder width. All blocks of a batch run as one batch of `B * M`
-    sequences: the context tokens are broadcast with `expand`, not copied per block in Python.
+    tokens are projected back to the encoder width. The blocks of a batch run as one batch of sequences: the
+    context tokens are broadcast to them with `expand`, not copied per block in Python.
+
+    A subclass adds its mask tokens (`add_mask_tokens`, `init_mask_tokens`), its position table (`position_table`)
+    and a `forward` that picks the mask token of a call. The config (`IJepaConfig`, `VJepaConfig`) gives the encoder
+    and predictor sizes, the token grid (`grid_size`, `num_patches`) and the blocks' config
+    (`predictor_layer_config`).
     """
 
-    def __init__(self, config: IJepaConfig):
+    def __init__(self, config):
         super().__init__()
         layer_config = config.predictor_layer_config()
         self.grid_size = config.grid_size
         self.embed = nn.Linear(config.hidden_size, config.predictor_hidden_size)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.predictor_hidden_size))
+        # Between `embed` and the positions: parameters are listed in the order they are registered, which the
+        # optimizer states of saved checkpoints follow.
+        self.add_mask_tokens(config)
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, config.predictor_hidden_size))
         self.layers = nn.ModuleList([IJepaLayer(layer_config) for _ in range(config.predictor_num_hidden_layers)])
         self.layernorm = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
         self.projection = nn.Linear(config.predictor_hidden_size, config.hidden_size)
+
+    def add_mask_tokens(self, config) -> None:
+        """Register the learned mask tokens, each `[1, 1, Dp]`."""
+        raise NotImplementedError
+
+    def init_mask_tokens(self, std: float) -> None:
+        """Initialise the mask tokens (`std`: the config's `initializer_range`)."""
+        raise NotImplementedError
+
+    def position_table(self) -> torch.Tensor:
+        """The fixed sin-cos positions `[N, Dp]` of the grid's `N` patches, row-major, that `position_embeddings`
+        holds."""
+        raise NotImplementedError
+
+    def predict(
+        self,
+        context_hidden_states: torch.Tensor,
+        context_indices: torch.Tensor,
+        target_indices: torch.Tensor,
+        mask_token: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        Args:
+            context_hidden_states: `[B, Kc, D]` context-encoder output at `context_indices`.
+            context_indices: `[B, Kc]` int64 patch positions of the context tokens.
+            target_indices: `[B, *S, Kt]` int64 patch positions to predict, one sequence for each of the `*S` blocks
+                of a context (`[B, M, Kt]` for M blocks; `[B, Kt]` for one).
+            mask_token: `[1, 1, Dp]` learned token at every target position.
+
+        Returns:
+            `[B, *S, Kt, D]`: predicted target-encoder features of each target patch.
+        """
+        batch_size, context_length = context_indices.shape
+        positions = self.position_embeddings[0]
+        context_tokens = self.embed(context_hidden_states) + positions[context_indices]
+        mask_tokens = mask_token + positions[target_indices]  # [B, *S, Kt, Dp]
+        num_block_dims = target_indices.ndim - 2
+        context_tokens = context_tokens.view(batch_size, *(1,) * num_block_dims, context_length, -1)
+        context_tokens = context_tokens.expand(*target_indices.shape[:-1], -1, -1)
+        hidden_states = torch.cat([context_tokens, mask_tokens], dim=-2).flatten(0, -3)  # [B * prod(S), Kc + Kt, Dp]
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None)
+        predictions = self.projection(self.layernorm(hidden_states[:, context_length:]))
+        return predictions.view(*target_indices.shape, -1)
+
+
+class IJepaPredictor(JepaPredictor):
+    """The I-JEPA predictor: one learned mask token, the 2D sin-cos table of the patch grid, and the `M` target
+    blocks of each image predicted from its context, each in its own sequence."""
+
+    def add_mask_tokens(self, config: IJepaConfig) -> None:
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.predictor_hidden_size))
+
+    def init_mask_tokens(self, std: float) -> None:
+        init.trunc_normal_(self.mask_token, std=std)
+
+    def position_table(self) -> torch.Tensor:
+        return sincos_2d(self.position_embeddings.shape[-1], self.grid_size)
 
     def forward(
         self, context_hidden_states: torch.Tensor, context_indices: torch.Tensor, target_indices: torch.Tensor
@@ -299,17 +362,7 @@ class IJepaPredictor(nn.Module):
         Returns:
             `[B, M, Kt, D]`: predicted target-encoder features of each target patch.
         """
-        batch_size, num_targets, target_length = target_indices.shape
-        context_length = context_indices.shape[1]
-        positions = self.position_embeddings[0]
-        context_tokens = self.embed(context_hidden_states) + positions[context_indices]
-        mask_tokens = self.mask_token + positions[target_indices]  # [B, M, Kt, Dp]
-        context_tokens = context_tokens.unsqueeze(1).expand(-1, num_targets, -1, -1)
-        hidden_states = torch.cat([context_tokens, mask_tokens], dim=2).flatten(0, 1)  # [B*M, Kc+Kt, Dp]
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None)
-        predictions = self.projection(self.layernorm(hidden_states[:, context_length:]))
-        return predictions.view(batch_size, num_targets, target_length, -1)
+        return self.predict(context_hidden_states, context_indices, target_indices, self.mask_token)
 
 
 @dataclass
@@ -472,6 +525,7 @@ __all__ = [
     "variance_covariance_loss",
     "IJepaPreTrainedModel",
     "IJepaModel",
+    "JepaPredictor",
     "IJepaPredictor",
     "IJepaForPreTraining",
     "IJepaForPreTrainingOutput",

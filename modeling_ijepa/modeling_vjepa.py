@@ -26,6 +26,7 @@ from .configuration_vjepa import VJepaConfig
 from .modeling_ijepa import (
     EmaTargetEncoderMixin,
     IJepaPreTrainedModel,
+    JepaPredictor,
     check_index_tensor,
     check_index_values,
     encode_tokens,
@@ -51,12 +52,62 @@ def sincos_3d(embed_dim: int, grid_size: tuple[int, int, int], uniform_power: bo
     return table[:, :embed_dim].float()
 
 
+def check_video_rank(pixel_values_videos: torch.Tensor) -> None:
+    """Raise `ValueError` unless `pixel_values_videos` is a tensor of clips (5 dimensions) or of images (4)."""
+    if not isinstance(pixel_values_videos, torch.Tensor) or pixel_values_videos.ndim not in (4, 5):
+        received = (
+            f"shape {tuple(pixel_values_videos.shape)}"
+            if isinstance(pixel_values_videos, torch.Tensor)
+            else type(pixel_values_videos).__name__
+        )
+        raise ValueError(
+            "`pixel_values_videos` must be clips [batch, frames, channels, height, width] or images "
+            f"[batch, channels, height, width], got {received}."
+        )
+
+
+def channels_first_clips(
+    pixel_values_videos: torch.Tensor, num_channels: int, num_frames: int, channels_before_time: bool
+) -> torch.Tensor:
+    """Clips `[B, T, C, H, W]` (`[B, C, T, H, W]` with `channels_before_time`), or images `[B, C, H, W]` made still
+    clips of `num_frames` frames, -> clips `[B, C, T, H, W]`, the layout of `nn.Conv3d`.
+
+    Raises `ValueError` where the channels are not `num_channels`, saying which layout the input looks like.
+    """
+    check_video_rank(pixel_values_videos)
+    shape = tuple(pixel_values_videos.shape)
+    if pixel_values_videos.ndim == 4:
+        if shape[1] != num_channels:
+            raise ValueError(
+                f"Images in `pixel_values_videos` must be [batch, channels, height, width] with {num_channels} "
+                f"channels at dim 1, got shape {shape}."
+            )
+        return pixel_values_videos.unsqueeze(2).expand(-1, -1, num_frames, -1, -1)
+    channel_dim, frame_dim = (1, 2) if channels_before_time else (2, 1)
+    if shape[channel_dim] != num_channels:
+        if shape[frame_dim] == num_channels:
+            found, fix = (
+                ("[B, T, C, H, W]", "pass it without `channels_before_time=True`")
+                if channels_before_time
+                else ("[B, C, T, H, W]", "pass `channels_before_time=True` or permute it to [B, T, C, H, W]")
+            )
+            raise ValueError(
+                f"`pixel_values_videos` of shape {shape} has {num_channels} channels at dim {frame_dim}: it looks "
+                f"like {found}; {fix}."
+            )
+        raise ValueError(
+            f"`pixel_values_videos` must have {num_channels} channels at dim {channel_dim}, got "
+            f"{shape[channel_dim]} (shape {shape})."
+        )
+    return pixel_values_videos if channels_before_time else pixel_values_videos.transpose(1, 2)
+
+
 class VJepaTubeletEmbeddings(nn.Module):
     """Clips [B, C, T, H, W] -> tokens [B, T/t * H/p * W/p, D]: one token per tubelet of t frames x p x p pixels."""
 
     def __init__(self, config: VJepaConfig):
         super().__init__()
-        patch_size = as_pair(config.patch_size)
+        patch_size = as_pair(config.patch_size, "patch_size")
         kernel_size = (config.tubelet_size, *patch_size)
         self.projection = nn.Conv3d(
             config.num_channels, config.hidden_size, kernel_size=kernel_size, stride=kernel_size
@@ -117,12 +168,6 @@ class VJepaPreTrainedModel(IJepaPreTrainedModel):
         elif isinstance(module, VJepaEmbeddings):
             table = sincos_3d(module.position_embeddings.shape[-1], module.grid_size, module.uniform_power)
             init.copy_(module.position_embeddings, table[None])
-        elif isinstance(module, VJepaPredictor):
-            table = sincos_3d(module.position_embeddings.shape[-1], module.grid_size, module.uniform_power)
-            init.copy_(module.position_embeddings, table[None])
-            # Zero mask tokens, as in the published V-JEPA recipes (`zero_init_mask_tokens`).
-            for mask_token in module.mask_tokens:
-                init.zeros_(mask_token)
 
 
 class VJepaModel(VJepaPreTrainedModel):
@@ -162,45 +207,10 @@ class VJepaModel(VJepaPreTrainedModel):
             ValueError: naming what was expected and what was received.
         """
         config = self.config
-        if not isinstance(pixel_values_videos, torch.Tensor) or pixel_values_videos.ndim not in (4, 5):
-            received = (
-                f"shape {tuple(pixel_values_videos.shape)}"
-                if isinstance(pixel_values_videos, torch.Tensor)
-                else type(pixel_values_videos).__name__
-            )
-            raise ValueError(
-                "`pixel_values_videos` must be a [batch, frames, channels, height, width] tensor (or a "
-                f"[batch, channels, height, width] batch of images), got {received}."
-            )
+        video = channels_first_clips(pixel_values_videos, config.num_channels, config.num_frames, channels_before_time)
         shape = tuple(pixel_values_videos.shape)
-        if pixel_values_videos.ndim == 4:
-            if shape[1] != config.num_channels:
-                raise ValueError(
-                    f"Images in `pixel_values_videos` must be [batch, channels, height, width] with "
-                    f"{config.num_channels} channels at dim 1, got shape {shape}."
-                )
-            video = pixel_values_videos.unsqueeze(2).expand(-1, -1, config.num_frames, -1, -1)
-        else:
-            channel_dim, frame_dim = (1, 2) if channels_before_time else (2, 1)
-            if shape[channel_dim] != config.num_channels:
-                if shape[frame_dim] == config.num_channels:
-                    found, fix = (
-                        ("[B, T, C, H, W]", "pass it without `channels_before_time=True`")
-                        if channels_before_time
-                        else ("[B, C, T, H, W]", "pass `channels_before_time=True` or permute it to [B, T, C, H, W]")
-                    )
-                    raise ValueError(
-                        f"`pixel_values_videos` of shape {shape} has {config.num_channels} channels at dim "
-                        f"{frame_dim}: it looks like {found}; {fix}."
-                    )
-                raise ValueError(
-                    f"`pixel_values_videos` must have {config.num_channels} channels at dim {channel_dim}, got "
-                    f"{shape[channel_dim]} (shape {shape})."
-                )
-            video = pixel_values_videos if channels_before_time else pixel_values_videos.transpose(1, 2)
-
         num_frames, height, width = video.shape[2:]
-        expected_height, expected_width = as_pair(config.image_size)
+        expected_height, expected_width = as_pair(config.image_size, "image_size")
         if not interpolate_pos_encoding:
             if num_frames != config.num_frames:
                 raise ValueError(
@@ -249,27 +259,26 @@ class VJepaModel(VJepaPreTrainedModel):
         return encode_tokens(self, self.embeddings(video), context_indices, **kwargs)
 
 
-class VJepaPredictor(nn.Module):
-    """The narrow ViT predictor, run once per mask type.
-
-    The sequence is `[context tokens | one mask token per target token]`, every token carrying the fixed 3D sin-cos
-    position of its tubelet; the outputs at the mask tokens are projected back to the encoder width. Each mask type
-    has its own learned mask token (`mask_tokens.{i}`, as in the reference checkpoints).
-    """
+class VJepaPredictor(JepaPredictor):
+    """The V-JEPA predictor, run once per mask type: the 3D sin-cos table of the token grid, and one learned mask
+    token per mask type (`mask_tokens.{i}`, as in the reference checkpoints)."""
 
     def __init__(self, config: VJepaConfig):
-        super().__init__()
-        layer_config = config.predictor_layer_config()
-        self.grid_size = config.grid_size
+        super().__init__(config)
         self.uniform_power = config.uniform_power
-        self.embed = nn.Linear(config.hidden_size, config.predictor_hidden_size)
+
+    def add_mask_tokens(self, config: VJepaConfig) -> None:
         self.mask_tokens = nn.ParameterList(
             [nn.Parameter(torch.zeros(1, 1, config.predictor_hidden_size)) for _ in range(config.num_mask_tokens)]
         )
-        self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches, config.predictor_hidden_size))
-        self.layers = nn.ModuleList([IJepaLayer(layer_config) for _ in range(config.predictor_num_hidden_layers)])
-        self.layernorm = nn.LayerNorm(config.predictor_hidden_size, eps=config.layer_norm_eps)
-        self.projection = nn.Linear(config.predictor_hidden_size, config.hidden_size)
+
+    def init_mask_tokens(self, std: float) -> None:
+        # Zero mask tokens, as in the published V-JEPA recipes (`zero_init_mask_tokens`).
+        for mask_token in self.mask_tokens:
+            init.zeros_(mask_token)
+
+    def position_table(self) -> torch.Tensor:
+        return sincos_3d(self.position_embeddings.shape[-1], self.grid_size, self.uniform_power)
 
     def forward(
         self,
@@ -288,14 +297,8 @@ class VJepaPredictor(nn.Module):
         Returns:
             `[B, Kt, D]`: predicted target-encoder features of each target token.
         """
-        context_length = context_indices.shape[1]
-        positions = self.position_embeddings[0]
-        context_tokens = self.embed(context_hidden_states) + positions[context_indices]
-        mask_tokens = self.mask_tokens[mask_index % len(self.mask_tokens)] + positions[target_indices]
-        hidden_states = torch.cat([context_tokens, mask_tokens], dim=1)
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, None)
-        return self.projection(self.layernorm(hidden_states[:, context_length:]))
+        mask_token = self.mask_tokens[mask_index % len(self.mask_tokens)]
+        return self.predict(context_hidden_states, context_indices, target_indices, mask_token)
 
 
 @dataclass

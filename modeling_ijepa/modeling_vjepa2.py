@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_vjepa2 import VJepa2Config
 from .modeling_ijepa import EmaTargetEncoderMixin, check_index_tensor, gather_tokens
-from .modeling_vjepa import check_mask_type_indices, mask_type_loss
+from .modeling_vjepa import check_mask_type_indices, check_video_rank, mask_type_loss
 
 # The reference normalises its targets with `F.layer_norm`'s default epsilon, not the blocks' 1e-6.
 TARGET_LAYER_NORM_EPS = 1e-5
@@ -64,16 +64,7 @@ def prepare_pixel_values(
             wrong rows and columns.
     """
     channels, size = config.in_chans, config.crop_size
-    if not isinstance(pixel_values_videos, torch.Tensor) or pixel_values_videos.ndim not in (4, 5):
-        received = (
-            f"shape {tuple(pixel_values_videos.shape)}"
-            if isinstance(pixel_values_videos, torch.Tensor)
-            else type(pixel_values_videos).__name__
-        )
-        raise ValueError(
-            "`pixel_values_videos` must be clips [batch, frames, channels, height, width] or images "
-            f"[batch, channels, height, width], got {received}."
-        )
+    check_video_rank(pixel_values_videos)
     shape = tuple(pixel_values_videos.shape)
     if pixel_values_videos.ndim == 4:
         if shape[1] != channels or shape[2:] != (size, size):

@@ -3,8 +3,6 @@
 
 import copy
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,12 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from benchmarks.reference_collator import ReferenceMultiBlock3DSampler, ReferenceMultiBlockSampler
 from modeling_ijepa.data import masking
 from modeling_ijepa.data.masking import MaskType, MultiBlock3DMaskCollator, MultiBlockMaskCollator
-
-# The per-sample reference samplers live with the benchmarks, which are not a package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_collator import ReferenceMultiBlock3DSampler, ReferenceMultiBlockSampler
 
 PAPER_2D = {
     "num_targets": 4,
@@ -519,6 +514,20 @@ def test_2d_bad_arguments(kwargs, message):
     arguments = {"image_size": 32, "patch_size": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         MultiBlockMaskCollator(**arguments)
+
+
+def test_collators_share_the_grid_and_size_checks_of_the_configs():
+    """One grid, and one rule per size, for the configs, the collators and the training script's arguments."""
+    from modeling_ijepa import IJepaConfig, VJepaConfig
+    from modeling_ijepa.training import arguments
+
+    sizes = {"image_size": (32, 24), "patch_size": 8}
+    config = IJepaConfig(hidden_size=64, num_attention_heads=4, intermediate_size=128, **sizes)
+    assert MultiBlockMaskCollator(**sizes).grid_size == config.grid_size == (4, 3)
+    video = VJepaConfig(num_frames=8, hidden_size=64, num_attention_heads=4, intermediate_size=128, **sizes)
+    assert MultiBlock3DMaskCollator(num_frames=8, **sizes).grid_size == video.grid_size == (4, 4, 3)
+    assert arguments.as_range is masking.as_range
+    assert masking.as_range((0.2, 0.5), "scale", upper=1.0) == (0.2, 0.5)
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.ijepa import modeling_ijepa as stock_modeling_ijepa
 
-from modeling_ijepa import IJepaConfig, IJepaForPreTraining, IJepaModel
+from modeling_ijepa import IJepaConfig, IJepaForPreTraining, IJepaModel, IJepaPredictor
+from modeling_ijepa.modeling_ijepa import JepaPredictor
 
 
 def random_indices(batch_size=2, num_targets=4, context_length=20, target_length=9, num_patches=64):
@@ -69,6 +71,33 @@ def test_invalid_configs_raise_value_error(overrides, message):
     base = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=4)
     with pytest.raises(ValueError, match=message):
         IJepaConfig(**(base | overrides))
+
+
+def test_config_is_validated_the_transformers_way(tiny_ijepa_config, tmp_path):
+    """`@strict`: field types are checked when set, and `validate()` (which `save_pretrained` runs) reruns the size
+    checks, so a config changed after construction cannot be saved with sizes that make no model."""
+    with pytest.raises(StrictDataclassFieldValidationError, match="predictor_hidden_size"):
+        tiny_ijepa_config.predictor_hidden_size = "wide"
+    tiny_ijepa_config.validate()
+    tiny_ijepa_config.num_attention_heads = 5
+    message = r"(?s)validate_architecture.*`hidden_size` \(64\) must be divisible by `num_attention_heads` \(5\)"
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_ijepa_config.validate()
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_ijepa_config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"`image_size` must be a positive number, got \(32, 0\)"):
+        IJepaConfig(image_size=(32, 0), patch_size=4)
+
+
+def test_predictor_parameters_keep_their_names_and_order(tiny_ijepa_config):
+    """The state-dict names of checkpoints, and the order of the optimizer states saved with them."""
+    predictor = IJepaPredictor(tiny_ijepa_config)
+    assert isinstance(predictor, JepaPredictor)
+    names = [name for name, _ in predictor.named_parameters()]
+    assert names[:4] == ["mask_token", "position_embeddings", "embed.weight", "embed.bias"]
+    assert names[4].startswith("layers.0.") and names[-4:] == [
+        "layernorm.weight", "layernorm.bias", "projection.weight", "projection.bias",
+    ]  # fmt: skip
 
 
 def test_predictor_heads_default_to_encoder_heads():

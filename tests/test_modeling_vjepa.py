@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from modeling_ijepa import VJepaConfig, VJepaForPreTraining, VJepaModel
+from modeling_ijepa import VJepaConfig, VJepaForPreTraining, VJepaModel, VJepaPredictor
 from modeling_ijepa.modeling_ijepa import sincos_1d
 from modeling_ijepa.modeling_vjepa import sincos_3d
 
@@ -86,6 +86,13 @@ def test_config_defaults_and_sizes(tiny_config):
     assert tiny_config.grid_size == (2, 4, 4) and tiny_config.num_patches == NUM_TOKENS
     layer_config = tiny_config.predictor_layer_config()
     assert (layer_config.hidden_size, layer_config.num_attention_heads, layer_config.intermediate_size) == (16, 4, 32)
+
+
+def test_predictor_parameters_keep_their_names_and_order(tiny_config):
+    """The state-dict names of the reference checkpoints, and the order of the optimizer states saved with ours."""
+    names = [name for name, _ in VJepaPredictor(tiny_config).named_parameters()]
+    assert names[:5] == ["position_embeddings", "embed.weight", "embed.bias", "mask_tokens.0", "mask_tokens.1"]
+    assert names[5].startswith("layers.0.") and names[-2:] == ["projection.weight", "projection.bias"]
 
 
 def test_sincos_3d_layout():

@@ -22,31 +22,22 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-__all__ = ["MaskType", "MultiBlock3DMaskCollator", "MultiBlockMaskCollator"]
+from modeling_ijepa.configuration_ijepa import as_pair, patch_grid, validate_sizes
+from modeling_ijepa.configuration_vjepa import FRAME_TUBELETS
+
+__all__ = ["MaskType", "MultiBlock3DMaskCollator", "MultiBlockMaskCollator", "as_range"]
 
 # The reference collators give up on a placement after this many draws (their `timeout`).
 _MAX_DRAWS = 20
 
-
-def _as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = tuple(value) if isinstance(value, Sequence) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"Expected `{name}` to be a positive int or a pair of positive ints, got {value!r}.")
-    return pair
-
-
-def _patch_grid(image_size: int | Sequence[int], patch_size: int | Sequence[int]) -> tuple[int, int]:
-    image_size = _as_pair(image_size, "image_size")
-    patch_size = _as_pair(patch_size, "patch_size")
-    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-        raise ValueError(
-            f"Expected `image_size` to be divisible by `patch_size`, got image_size={image_size} and "
-            f"patch_size={patch_size}."
-        )
-    return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+# The collators' words for the divisibility checks of the model configs (`validate_sizes`), which their grids meet.
+_SIZE_MESSAGES = {
+    "divisible": "Expected `{name}` to be divisible by `{divisor_name}`, got {name}={value} and "
+    "{divisor_name}={divisor}.",
+}
 
 
-def _as_range(bounds: Sequence[float], name: str, upper: float | None = None) -> tuple[float, float]:
+def as_range(bounds: Sequence[float], name: str, upper: float | None = None) -> tuple[float, float]:
     """Checks a (min, max) pair with 0 < min <= max (<= upper when given)."""
     try:
         low, high = (float(b) for b in bounds)
@@ -359,14 +350,14 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
     ) -> None:
         super().__init__(seed)
         self.num_mask_draws = _check_count(num_mask_draws, "num_mask_draws", 1)
-        self.image_size = _as_pair(image_size, "image_size")
-        self.grid_size = _patch_grid(image_size, patch_size)
+        self.image_size = as_pair(image_size, "image_size")
+        self.grid_size = patch_grid(image_size, patch_size, _SIZE_MESSAGES)
         if min(self.grid_size) < 2:
             raise ValueError(f"Expected a patch grid of at least 2x2, got {self.grid_size[0]}x{self.grid_size[1]}.")
         self.num_targets = _check_count(num_targets, "num_targets", 1)
-        self.target_scale = _as_range(target_scale, "target_scale", upper=1.0)
-        self.target_aspect_ratio = _as_range(target_aspect_ratio, "target_aspect_ratio")
-        self.context_scale = _as_range(context_scale, "context_scale", upper=1.0)
+        self.target_scale = as_range(target_scale, "target_scale", upper=1.0)
+        self.target_aspect_ratio = as_range(target_aspect_ratio, "target_aspect_ratio")
+        self.context_scale = as_range(context_scale, "context_scale", upper=1.0)
         self.min_context_patches = _check_count(min_context_patches, "min_context_patches", 0)
         self.allow_overlap = bool(allow_overlap)
         self.full_range_placement = bool(full_range_placement)
@@ -408,8 +399,10 @@ class MultiBlockMaskCollator(_SeededMaskCollator):
         best = 0
         for context in context_shapes:
             for target in target_shapes:
-                overlap = 0 if self.allow_overlap else math.prod(
-                    least_overlap(length, c, t) for length, c, t in zip(self.grid_size, context, target)
+                overlap = (
+                    0
+                    if self.allow_overlap
+                    else math.prod(least_overlap(length, c, t) for length, c, t in zip(self.grid_size, context, target))
                 )
                 best = max(best, context[0] * context[1] - overlap)
         return best
@@ -518,9 +511,9 @@ class MaskType:
 
     def __post_init__(self) -> None:
         _check_count(self.num_blocks, "num_blocks", 1)
-        self.spatial_scale = _as_range(self.spatial_scale, "spatial_scale", upper=1.0)
-        self.temporal_scale = _as_range(self.temporal_scale, "temporal_scale", upper=1.0)
-        self.aspect_ratio = _as_range(self.aspect_ratio, "aspect_ratio")
+        self.spatial_scale = as_range(self.spatial_scale, "spatial_scale", upper=1.0)
+        self.temporal_scale = as_range(self.temporal_scale, "temporal_scale", upper=1.0)
+        self.aspect_ratio = as_range(self.aspect_ratio, "aspect_ratio")
 
 
 def _as_mask_type(value: MaskType | dict[str, Any]) -> MaskType:
@@ -594,13 +587,13 @@ class MultiBlock3DMaskCollator(_SeededMaskCollator):
         super().__init__(seed)
         self.num_frames = _check_count(num_frames, "num_frames", 1)
         self.tubelet_size = _check_count(tubelet_size, "tubelet_size", 1)
-        if num_frames % tubelet_size:
-            raise ValueError(
-                f"Expected `num_frames` to be divisible by `tubelet_size`, got num_frames={num_frames} and "
-                f"tubelet_size={tubelet_size}."
-            )
-        self.image_size = _as_pair(image_size, "image_size")
-        self.grid_size = (num_frames // tubelet_size, *_patch_grid(image_size, patch_size))
+        validate_sizes(
+            {"num_frames": num_frames, "tubelet_size": tubelet_size},
+            divisible=[FRAME_TUBELETS],
+            messages=_SIZE_MESSAGES,
+        )
+        self.image_size = as_pair(image_size, "image_size")
+        self.grid_size = (num_frames // tubelet_size, *patch_grid(image_size, patch_size, _SIZE_MESSAGES))
         if math.prod(self.grid_size) < 2:
             raise ValueError(f"Expected a token grid of at least 2 tokens, got {self.grid_size}.")
         if mask_types is None:

@@ -134,7 +134,7 @@ def load_pretraining_model(args):
     )
     check_loaded_weights(model, loading_info, source)
     if model_type == "vjepa2":
-        model.config.check_sizes()
+        model.config.validate_architecture()
     adopt_saved_sizes(args, model.config, model_type, source)
     return model
 
