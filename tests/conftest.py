@@ -2,6 +2,7 @@
 """Shared paths and tiny configurations for the test suite."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,11 @@ def tiny_ijepa_config():
         predictor_hidden_size=32,
         predictor_num_hidden_layers=2,
     )
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launcher's rendezvous: the default one (29500) may still be held
+    by another run."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -36,7 +36,7 @@ def render_card(tmp_path, *arguments, num_processes=1, global_step=1, num_exampl
              "log_history": [{"step": global_step, "loss": 0.5}], "wall_clock": 60.0}  # fmt: skip
     global_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
     config = build_model(args).config
-    data = SimpleNamespace(description="fake images", examples=[None] * num_examples, grid=input_grid(config))
+    data = SimpleNamespace(description="fake images", num_examples=num_examples, grid=input_grid(config))
     values, card_data = card_contents(
         args, accelerator, state, data, config, global_batch, build_schedules(args, steps_per_epoch=max(1, global_step))
     )

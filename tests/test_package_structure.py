@@ -3,6 +3,7 @@
 every Python file starts with the same license line and a docstring."""
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -113,3 +114,32 @@ def test_every_file_has_the_license_line_and_a_docstring():
         path.name for path in PACKAGE.rglob("*.py") if ast.get_docstring(ast.parse(path.read_text())) is None
     ]
     assert not without_docstring
+
+
+def expand_braces(text: str) -> str:
+    """`modeling_{ijepa,vjepa}.py` -> `modeling_ijepa.py modeling_vjepa.py`."""
+    def expand(match):
+        return " ".join(f"{match.group(1)}{option}{match.group(3)}" for option in match.group(2).split(","))
+
+    return re.sub(r"(\w*)\{([\w,]+)\}(\.py)", expand, text)
+
+
+def test_the_readme_layout_names_every_module_of_each_room_and_nothing_else():
+    readme = (REPO_ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    package_block = expand_braces(layout.split("run_pretraining.py", 1)[0])
+    rooms = {"": []}
+    room = ""
+    for line in package_block.splitlines():
+        if match := re.match(r"^  (\w+)/", line):
+            room = match.group(1)
+            rooms[room] = []
+        rooms[room].append(line)
+    for room, lines in rooms.items():
+        named = set(re.findall(r"\b(\w+)\.py\b", " ".join(lines)))
+        folder = PACKAGE / room
+        present = {path.stem for path in folder.glob("*.py")} - {"__init__", "__main__"}
+        assert named == present, f"README layout of modeling_ijepa/{room}: names {sorted(named - present)} that do " \
+                                 f"not exist, misses {sorted(present - named)}"
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").is_file()}
+    assert folders == set(rooms) - {""}

@@ -11,18 +11,27 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
 import run_pretraining
+from benchmarks.kill_resume import RUN_ENV, tail
 from modeling_ijepa.training.checkpointing import list_checkpoints
 from modeling_ijepa.training.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirInUseError, OutputDirLock
 
-from .conftest import REPO_ROOT
-from .test_reliability import SCRIPT_ENV, start, tail
+from .conftest import REPO_ROOT, free_port
 from .test_run_pretraining import cifar_args, pretraining_weights
+
+# The same thread count in every process, so that an interrupted run and an uninterrupted one compute bitwise alike.
+SCRIPT_ENV = RUN_ENV | {"PYTHONPATH": str(REPO_ROOT)}
+
+
+def start(command: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ | SCRIPT_ENV, stdout=log, stderr=subprocess.STDOUT)
 
 # ------------------------------------------------------------------------------------------ the folder lock
 
@@ -112,7 +121,8 @@ def test_sigterm_checkpoints_and_exits_for_requeue_then_the_resumed_run_is_bitwi
 def launch_two(output_dir, log_path, *extra) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "run_pretraining.py",
+        "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "run_pretraining.py",
         *cifar_args(output_dir, "--per_device_train_batch_size", "8", *extra),
     ]
     return start(command, log_path)

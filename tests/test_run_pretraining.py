@@ -22,7 +22,7 @@ from modeling_ijepa import IJepaConfig, IJepaForPreTraining
 from modeling_ijepa.training import loop
 from modeling_ijepa.training.pretraining import build_schedules, build_step
 
-from .conftest import CIFAR10, REPO_ROOT, require
+from .conftest import CIFAR10, REPO_ROOT, free_port, require
 
 TINY = [
     "--image_size", "32", "--patch_size", "8", "--hidden_size", "32", "--num_hidden_layers", "2",
@@ -102,6 +102,7 @@ def launch(record_dir, num_processes, per_device_batch, output_dir, *extra):
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu" if num_processes > 1 else "--cpu",
         "--num_processes", str(num_processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
         str(REPO_ROOT / "tests" / "scripts" / "record_weights.py"), str(record_dir),
         "--dataset_name", str(require(CIFAR10)), "--max_train_samples", "64", "--output_dir", str(output_dir),
         "--per_device_train_batch_size", str(per_device_batch), "--max_train_steps", "3", *TINY, *extra,
@@ -387,3 +388,16 @@ def test_a_run_with_several_mask_draws_per_image_trains(tmp_path):
     assert all("regularisation_loss" not in entry for entry in state["log_history"])
     with pytest.raises(ValueError, match="--num_mask_draws is an image"):
         run_pretraining.parse_args(["--modality", "video", "--num_mask_draws", "2"])
+
+
+def test_a_global_batch_size_sets_the_accumulation_for_the_number_of_processes(tmp_path):
+    from modeling_ijepa.training.runtime import accumulation_for
+
+    assert accumulation_for(2048, 128, 16) == 1 and accumulation_for(2048, 128, 8) == 2
+    with pytest.raises(ValueError, match=r"--global_batch_size 2000 is not a positive multiple of .* 128 x 8 "):
+        accumulation_for(2000, 128, 8)
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "2", "--global_batch_size", "32"))
+    # 16 per device on 1 process: 2 batches accumulated into each optimizer step.
+    assert state["global_step"] == 2 and state["images_seen"] == 64
+    card = (tmp_path / "README.md").read_text()
+    assert "| global batch | 32 (1 process x 16 per device x 2 accumulation steps) |" in card

@@ -27,6 +27,8 @@ from modeling_ijepa.data.images import (
 )
 from modeling_ijepa.data.in_memory import GIB, InMemoryImages, InMemoryLimitExceeded, decode_images
 from modeling_ijepa.data.skipping import check_skip_fraction
+from modeling_ijepa.data.streaming import build_streaming_training_data
+from modeling_ijepa.training.checkpointing import data_fingerprint
 
 logger = get_logger(__name__)
 
@@ -138,6 +140,20 @@ class TrainingData:
     def batches_per_epoch(self) -> int:
         return len(self.dataloader)
 
+    @property
+    def num_examples(self) -> int:
+        return len(self.examples)
+
+    def fingerprint(self, split: str) -> dict:
+        """What identifies the data in the run fingerprint (see `checkpointing.data_fingerprint`)."""
+        return data_fingerprint(self.examples.dataset, self.description, split)
+
+    def save_state(self, state: dict) -> None:
+        """Nothing to add to a checkpoint: a resumed epoch skips the batches it had seen (`epoch_batches`)."""
+
+    def load_state(self, state: dict) -> None:
+        """Nothing to restore (see `save_state`)."""
+
     def epoch_batches(self, accelerator, epoch: int, skip: int = 0):
         """The batches of `epoch` after its first `skip` (a resumed epoch), with that epoch's data and masks."""
         self.examples.set_epoch(epoch)
@@ -149,8 +165,12 @@ class TrainingData:
 
 def build_training_data(args, accelerator, config, masks: bool = True) -> TrainingData:
     """The run's `TrainingData` for a model with `config`: its dataset with crops (and clips) of the model's grid,
-    and, with `masks`, the masks of every global batch drawn over that grid (without, batches of pixels alone)."""
+    and, with `masks`, the masks of every global batch drawn over that grid (without, batches of pixels alone).
+    With --streaming, a `StreamingTrainingData` (see `data.streaming`), which offers the same interface."""
     grid = input_grid(config)
+    if getattr(args, "streaming", False):
+        mask_collator = build_mask_collator(args, grid, seed=args.seed) if masks else None
+        return build_streaming_training_data(args, accelerator, grid, mask_collator)
     if "num_frames" in grid:
         dataset, description = build_video_dataset(args, grid["image_size"], grid["num_frames"])
     else:

@@ -421,15 +421,8 @@ class VideoClipDataset(Dataset):
             folders = [path.relative_to(root).parts[0] for path in paths]
             class_names = sorted(set(folders))
             labels = [class_names.index(folder) for folder in folders]
-        return cls(
-            [str(path) for path in paths],
-            labels=labels,
-            class_names=class_names,
-            num_frames=num_frames,
-            frame_step=frame_step,
-            transform=transform,
-            max_decode_retries=max_decode_retries,
-        )
+        return cls([str(path) for path in paths], labels=labels, class_names=class_names, num_frames=num_frames,
+                   frame_step=frame_step, transform=transform, max_decode_retries=max_decode_retries)
 
     @classmethod
     def from_hf_dataset(
@@ -465,15 +458,8 @@ class VideoClipDataset(Dataset):
             elif labels and isinstance(labels[0], str):
                 class_names = sorted(set(labels))
                 labels = [class_names.index(label) for label in labels]
-        return cls(
-            _HFVideoColumn(dataset, video_column),
-            labels=labels,
-            class_names=class_names,
-            num_frames=num_frames,
-            frame_step=frame_step,
-            transform=transform,
-            max_decode_retries=max_decode_retries,
-        )
+        return cls(_HFVideoColumn(dataset, video_column), labels=labels, class_names=class_names, num_frames=num_frames,
+                   frame_step=frame_step, transform=transform, max_decode_retries=max_decode_retries)
 
     @property
     def num_skipped(self) -> int:

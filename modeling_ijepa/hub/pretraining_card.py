@@ -60,6 +60,13 @@ def architecture_values(config, model_type: str, grid: dict[str, int]) -> dict:
     }
 
 
+def epochs_trained(args, state: dict, num_examples: int | None) -> str | None:
+    """Passes over the data, as the card shows them; None for a stream of unknown size (the card says "streamed")."""
+    if getattr(args, "streaming", False):
+        return f"{state['images_seen'] / num_examples:.2f}" if num_examples else None
+    return f"{state['global_step'] * args.gradient_accumulation_steps / max(1, state['batches_per_epoch']):.2f}"
+
+
 def masking_description(args, image: bool) -> str:
     if image:
         return (f"target blocks: {args.num_targets}, scale {tuple(args.target_scale)}, aspect "
@@ -84,9 +91,9 @@ def card_contents(args, accelerator, state: dict, data, config, global_batch: in
         "stock_loadable": model_type in ("ijepa", "vjepa2"),
         # How stock `VJEPA2Model`'s predictor differs from training, for its users.
         "stock_note": VJEPA2_CARD_NOTE.read_text() if model_type == "vjepa2" else "",
-        "dataset_description": data.description, "num_examples": len(data.examples),
+        "dataset_description": data.description, "num_examples": data.num_examples,
         "global_step": state["global_step"], "images_seen": state["images_seen"], "unit": "image" if image else "clip",
-        "epochs": f"{state['global_step'] * args.gradient_accumulation_steps / max(1, state['batches_per_epoch']):.2f}",
+        "epochs": epochs_trained(args, state, data.num_examples),
         "global_batch_size": global_batch, "num_processes": accelerator.num_processes,
         "per_device_batch": args.per_device_train_batch_size, "accumulation": args.gradient_accumulation_steps,
         **architecture_values(config, model_type, data.grid),

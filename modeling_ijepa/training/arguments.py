@@ -12,7 +12,10 @@ from pathlib import Path
 import yaml
 
 from modeling_ijepa.cli import HelpFormatter, float_pair
-from modeling_ijepa.data.masking import MultiBlockMaskCollator, _as_range
+from modeling_ijepa.configuration_ijepa import VIT_DIVISIBLE_SIZES, VIT_SIZES, validate_sizes
+from modeling_ijepa.configuration_vjepa import FRAME_TUBELETS, VIDEO_SIZES
+from modeling_ijepa.data.masking import MultiBlockMaskCollator, as_range
+from modeling_ijepa.data.streaming import check_streaming_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,16 @@ def add_image_data_arguments(group) -> None:
     group.add_argument("--image_column_name", type=str, default=None, help="Image column; detected when absent.")
     group.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N examples only.")
     group.add_argument("--cache_dir", type=str, default=None, help="Cache folder of `datasets`.")
+    group.add_argument(
+        "--streaming", action="store_true",
+        help="Images: stream --dataset_name (a Hub id, or a local folder of parquet or webdataset shards) instead of "
+             "loading it whole; each process reads its own share. Needs --max_train_steps; a resumed run continues "
+             "the stream where it stopped, on the same number of processes.",
+    )
+    group.add_argument(
+        "--shuffle_buffer_size", type=int, default=1000,
+        help="--streaming: images shuffled together, in windows of this many (each process holds up to three).",
+    )
     group.add_argument("--crop_scale", type=float_pair, default=(0.3, 1.0), help="RandomResizedCrop scale range.")
     group.add_argument(
         "--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes (0: load in the main one)."
@@ -162,18 +175,8 @@ def add_masking_arguments(group) -> None:
                               "encoder. 1 reproduces the paper.")
 
 
-def add_optimisation_arguments(group) -> None:
-    """Batch, steps, schedules, AdamW, clipping and precision."""
-    group.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
-    group.add_argument(
-        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated into one optimizer step."
-    )
-    group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
-    group.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
-    group.add_argument(
-        "--max_train_minutes", type=float, default=None,
-        help="Stop (and export) after this much training time; the schedules still follow the step count.",
-    )
+def add_schedule_arguments(group) -> None:
+    """The learning-rate, weight-decay and EMA-momentum schedules."""
     group.add_argument("--learning_rate", type=float, default=1e-3, help="Peak learning rate.")
     group.add_argument("--start_lr", type=float, default=2e-4, help="Learning rate at the start of the warmup.")
     group.add_argument("--final_lr", type=float, default=1e-6, help="Learning rate at the end of the cosine decay.")
@@ -199,6 +202,26 @@ def add_optimisation_arguments(group) -> None:
         "--ipe_scale", type=float, default=1.0,
         help="Stretch the learning-rate, weight-decay and momentum schedules to ipe_scale times the trained steps, so "
              "a run stops before they reach their final values (the reference V-JEPA recipe: 1.25).",
+    )
+
+
+def add_optimisation_arguments(group) -> None:
+    """Batch, steps, AdamW, clipping and precision."""
+    group.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
+    group.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="Batches accumulated into one optimizer step."
+    )
+    group.add_argument(
+        "--global_batch_size", type=int, default=None,
+        help="Keep this many examples per optimizer step on any number of processes: sets "
+             "--gradient_accumulation_steps to global / (--per_device_train_batch_size x processes), which must "
+             "divide it (the I-JEPA recipe: 2048 = 16 GPUs x 128, or 8 GPUs x 128 x 2 accumulation steps).",
+    )
+    group.add_argument("--num_train_epochs", type=int, default=1, help="Passes over the training data.")
+    group.add_argument("--max_train_steps", type=int, default=None, help="Overrides --num_train_epochs.")
+    group.add_argument(
+        "--max_train_minutes", type=float, default=None,
+        help="Stop (and export) after this much training time; the schedules still follow the step count.",
     )
     group.add_argument(
         "--max_grad_norm", type=float, default=None,
@@ -298,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser.add_argument_group("model"))
     add_masking_arguments(parser.add_argument_group("masking"))
     add_optimisation_arguments(parser.add_argument_group("optimisation"))
+    add_schedule_arguments(parser.add_argument_group("schedules"))
     add_output_arguments(parser.add_argument_group("output"))
     add_probe_arguments(parser.add_argument_group("probe after training (images with labels)"))
     return parser
@@ -340,11 +364,43 @@ def check_recipe_value(path: Path, key: str, value, action: argparse.Action) -> 
         raise ValueError(f"{path}: {key} must be {kind}, got {value!r}.")
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Contradictions that would fail later, refused now with the argument's name."""
+# The script's words for the size checks of the model configs (`validate_sizes`): they name its flags.
+ARGUMENT_SIZE_MESSAGES = {
+    "positive": "--{name} must be a positive integer, got {value}.",
+    "divisible": "--{name} {value} is not divisible by --{divisor_name} {divisor}: {reason}.",
+}
+
+
+def validate_model_and_masks(args: argparse.Namespace) -> None:
+    """The model's sizes, by the rules of its config, and the mask settings, by the collator's own checks."""
+    # As in the configs, the predictor has as many heads as the encoder unless told otherwise.
+    heads = args.predictor_num_attention_heads
+    sizes = vars(args) | {"predictor_num_attention_heads": args.num_attention_heads if heads is None else heads}
+    validate_sizes(sizes, positive=VIT_SIZES, divisible=VIT_DIVISIBLE_SIZES, messages=ARGUMENT_SIZE_MESSAGES)
+    if args.modality == "video":
+        validate_sizes(sizes, positive=VIDEO_SIZES, divisible=[FRAME_TUBELETS], messages=ARGUMENT_SIZE_MESSAGES)
+    if args.predictor_hidden_size > args.hidden_size:
+        logger.warning(
+            "--predictor_hidden_size %d is wider than the encoder (%d): allowed, but I-JEPA's predictor is meant to be narrow.",
+            args.predictor_hidden_size, args.hidden_size,
+        )
+    if args.num_targets <= 0:
+        raise ValueError(f"--num_targets must be a positive integer, got {args.num_targets}.")
+    for name, upper in (("crop_scale", 1.0), ("target_scale", 1.0), ("context_scale", 1.0), ("target_aspect_ratio", None)):
+        as_range(getattr(args, name), f"--{name}", upper=upper)
+    if args.modality == "image":
+        MultiBlockMaskCollator(
+            args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=args.target_scale,
+            target_aspect_ratio=args.target_aspect_ratio, context_scale=args.context_scale,
+            min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap,
+            full_range_placement=args.full_range_placement,
+        ).check_satisfiable()
+
+
+def validate_numbers(args: argparse.Namespace) -> None:
+    """Counts, rates and fractions outside their ranges."""
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "logging_steps",
-                 "image_size", "patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                 "predictor_hidden_size", "predictor_num_hidden_layers", "num_targets", "monitor_steps"):
+                 "monitor_steps"):
         value = getattr(args, name)
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
@@ -354,21 +410,32 @@ def validate(args: argparse.Namespace) -> None:
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")
     for name in ("learning_rate", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs",
-                 "warmup_steps", "dataloader_num_workers"):
+                 "warmup_steps", "dataloader_num_workers", "variance_loss_weight", "covariance_loss_weight"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise ValueError(f"--{name} must be >= 0, got {value}.")
-    for name, upper in (("crop_scale", 1.0), ("target_scale", 1.0), ("context_scale", 1.0), ("target_aspect_ratio", None)):
-        _as_range(getattr(args, name), f"--{name}", upper=upper)
-    if args.image_size % args.patch_size:
-        raise ValueError(f"--image_size {args.image_size} is not divisible by --patch_size {args.patch_size}.")
-    if args.modality == "video" and args.num_frames % args.tubelet_size:
-        raise ValueError(f"--num_frames {args.num_frames} is not divisible by --tubelet_size {args.tubelet_size}.")
     if args.num_mask_draws < 1:
         raise ValueError(f"--num_mask_draws must be >= 1, got {args.num_mask_draws}.")
-    for name in ("variance_loss_weight", "covariance_loss_weight"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}.")
+    if args.checkpointing_steps not in (None, "epoch") and not (
+        str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0
+    ):
+        raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}.")
+    for name in ("max_skip_fraction", "ema_momentum", "final_ema_momentum"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name} must be in [0, 1], got {getattr(args, name)}.")
+    if not 0.0 <= args.horizontal_flip <= 1.0:
+        raise ValueError(f"--horizontal_flip is a probability and must be in [0, 1], got {args.horizontal_flip}.")
+    if not args.max_in_memory_gib > 0:
+        raise ValueError(f"--max_in_memory_gib must be positive, got {args.max_in_memory_gib}.")
+    if not args.ipe_scale >= 1.0:
+        raise ValueError(f"--ipe_scale stretches the schedules and must be >= 1, got {args.ipe_scale}.")
+    if not args.adam_epsilon > 0:
+        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Contradictions that would fail later, refused now with the argument's name."""
+    validate_numbers(args)
     if args.modality == "video":
         for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0)):
             if getattr(args, name) != off:
@@ -377,23 +444,6 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--architecture {args.architecture} is a video model: pass --modality video (images train I-JEPA)."
         )
-    if args.hidden_size % args.num_attention_heads:
-        raise ValueError(f"--hidden_size {args.hidden_size} is not divisible by --num_attention_heads {args.num_attention_heads}.")
-    if args.predictor_hidden_size > args.hidden_size:
-        logger.warning(
-            "--predictor_hidden_size %d is wider than the encoder (%d): allowed, but I-JEPA's predictor is meant to be narrow.",
-            args.predictor_hidden_size, args.hidden_size,
-        )
-    if args.checkpointing_steps not in (None, "epoch") and not (
-        str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0
-    ):
-        raise ValueError(f"--checkpointing_steps must be a positive integer or 'epoch', got {args.checkpointing_steps!r}.")
-    if not 0.0 <= args.max_skip_fraction <= 1.0:
-        raise ValueError(f"--max_skip_fraction must be in [0, 1], got {args.max_skip_fraction}.")
-    if not 0.0 <= args.horizontal_flip <= 1.0:
-        raise ValueError(f"--horizontal_flip is a probability and must be in [0, 1], got {args.horizontal_flip}.")
-    if not args.max_in_memory_gib > 0:
-        raise ValueError(f"--max_in_memory_gib must be positive, got {args.max_in_memory_gib}.")
     for name in ("in_memory_data", "horizontal_flip"):
         if getattr(args, name) and args.modality != "image":
             raise ValueError(f"--{name} applies to images: it needs --modality image.")
@@ -401,23 +451,10 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--dataset_name {args.dataset_name} and --train_dir {args.train_dir} both name the training data: give one."
         )
-    if args.modality == "image":
-        MultiBlockMaskCollator(
-            args.image_size, args.patch_size, num_targets=args.num_targets, target_scale=args.target_scale,
-            target_aspect_ratio=args.target_aspect_ratio, context_scale=args.context_scale,
-            min_context_patches=args.min_context_patches, allow_overlap=args.allow_overlap,
-            full_range_placement=args.full_range_placement,
-        ).check_satisfiable()
+    validate_model_and_masks(args)
     check_tracker(args.report_to)
     if args.push_to_hub and not args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/ijepa-vit-tiny-cifar10).")
-    for name in ("ema_momentum", "final_ema_momentum"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name} must be in [0, 1], got {getattr(args, name)}.")
-    if not args.ipe_scale >= 1.0:
-        raise ValueError(f"--ipe_scale stretches the schedules and must be >= 1, got {args.ipe_scale}.")
-    if not args.adam_epsilon > 0:
-        raise ValueError(f"--adam_epsilon must be positive, got {args.adam_epsilon}.")
     if args.clip_grad_after_warmup and args.max_grad_norm is None:
         raise ValueError("--clip_grad_after_warmup needs --max_grad_norm (the norm to clip to).")
 
@@ -443,4 +480,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**load_recipe(preliminary.config, parser))
     args = parser.parse_args(argv)
     validate(args)
+    if args.streaming:
+        check_streaming_arguments(args)
     return args

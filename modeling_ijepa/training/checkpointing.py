@@ -29,6 +29,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -216,15 +217,17 @@ def verify_checkpoint(checkpoint: str | Path) -> None:
         )
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest checkpoint in `output_dir` that `verify_checkpoint` accepts; newer ones that it refuses are
-    skipped with a warning saying why. None when `output_dir` holds no checkpoint. Raises `CheckpointError` when it
-    holds checkpoints and none of them verifies: starting from scratch then would silently discard the run."""
+def latest_checkpoint(output_dir: str | Path, verify: Callable[[Path], object] | None = None) -> Path | None:
+    """The newest checkpoint in `output_dir` that `verify` (default `verify_checkpoint`) accepts; newer ones that it
+    refuses are skipped with a warning saying why. None when `output_dir` holds no checkpoint. Raises
+    `CheckpointError` when it holds checkpoints and none of them verifies: starting from scratch then would silently
+    discard the run."""
+    verify = verify or verify_checkpoint
     checkpoints = list_checkpoints(output_dir)
     reasons = []
     for checkpoint in reversed(checkpoints):
         try:
-            verify_checkpoint(checkpoint)
+            verify(checkpoint)
         except CheckpointError as error:
             logger.warning(f"Skipping {checkpoint.name}: {error}")
             reasons.append(str(error))

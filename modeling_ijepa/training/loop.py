@@ -23,6 +23,7 @@ from modeling_ijepa.data.pipeline import TrainingData
 from modeling_ijepa.training.checkpointing import (
     check_finite_state,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -30,6 +31,13 @@ from modeling_ijepa.training.collapse import collapse_statistics
 from modeling_ijepa.training.optimization import NonFiniteLossError, PretrainingStep
 from modeling_ijepa.training.run_control import PREEMPTION_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler
 from modeling_ijepa.training.runtime import out_of_time
+from modeling_ijepa.training.sharded_checkpointing import (
+    is_sharded,
+    is_sharded_checkpoint,
+    latest_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 
 logger = get_logger(__name__)
 
@@ -101,25 +109,31 @@ def prepare_output_dir(output_dir: str | Path, accelerator) -> Path:
 
 
 def initial_state(resume_from: str | None, output_dir: Path, model, optimizer, batches_per_epoch: int, run: dict,
-                  allow_changed_run: bool = False) -> dict:
+                  allow_changed_run: bool = False, sharded: bool = False) -> dict:
     """The run's counters, log and fingerprint `run`: fresh, or read from checkpoint `resume_from` (a folder or
-    `latest`), which must have been written by the same run (see `checkpointing.check_resume`)."""
+    `latest`), which must have been written by the same run (see `checkpointing.check_resume`). A `sharded` model
+    (FSDP2) resumes from sharded checkpoints, written by any number of processes."""
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "images_seen": 0, "num_skipped": 0,
              "log_history": [], "batches_per_epoch": batches_per_epoch, "wall_clock": 0.0, "run": run}
     checkpoint = resume_from
     if checkpoint == "latest":
-        checkpoint = latest_checkpoint(output_dir)
+        checkpoint = (latest_sharded_checkpoint if sharded else latest_checkpoint)(output_dir)
         if checkpoint is None:
             logger.info(f"No checkpoint in {output_dir}: starting from scratch.")
     if checkpoint:
-        state = load_checkpoint(checkpoint, model, optimizer, run, allow_run_changes=allow_changed_run)
+        load = load_sharded_checkpoint if sharded else load_checkpoint
+        state = load(checkpoint, model, optimizer, run, allow_run_changes=allow_changed_run)
         state["run"] = run
         logger.info(f"Resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']}, "
                     f"batch {state['batches_in_epoch']}).")
     return state
 
 
-def last_checkpoint_name(output_dir: Path) -> str | None:
+def last_checkpoint_name(output_dir: Path, sharded: bool = False) -> str | None:
+    """The newest checkpoint's path, to name it in an error message (for sharded ones without reading every shard)."""
+    if sharded:
+        checkpoints = [path for path in list_checkpoints(output_dir) if is_sharded_checkpoint(path)]
+        return str(checkpoints[-1]) if checkpoints else None
     checkpoint = latest_checkpoint(output_dir)
     return str(checkpoint) if checkpoint is not None else None
 
@@ -168,7 +182,8 @@ class TrainingLoop:
         self.unwrapped = accelerator.unwrap_model(model)
         # The batch keys the model's forward takes: the pixels, and the mask indices for a JEPA model.
         self.input_names = frozenset(inspect.signature(self.unwrapped.forward).parameters)
-        self.kept_checkpoint = functools.partial(last_checkpoint_name, self.output_dir)
+        self.sharded = is_sharded(self.unwrapped)  # FSDP2: every process writes its shards of each checkpoint
+        self.kept_checkpoint = functools.partial(last_checkpoint_name, self.output_dir, self.sharded)
         self.skipped_batches = SkippedBatches()
         self.started = time.perf_counter() - state["wall_clock"]
         self.preemption = None
@@ -252,6 +267,13 @@ class TrainingLoop:
     def save(self, step: int) -> None:
         accelerator = self.accelerator
         self.train_step.raise_if_nonfinite(self.kept_checkpoint)  # never checkpoint non-finite weights
+        self.data.save_state(self.state)  # with --streaming a collective: every process's stream position
+        if self.sharded:  # a collective: every process writes its shards, and all raise together
+            self.state["wall_clock"] = time.perf_counter() - self.started
+            path = save_sharded_checkpoint(self.output_dir, step, self.unwrapped, self.optimizer, self.state,
+                                           self.settings.checkpoints_total_limit)
+            logger.info(f"Saved {path}")
+            return
         if not accelerator.is_main_process:  # the main process checks in save_checkpoint; all stop together
             check_finite_state(self.unwrapped, self.optimizer, self.output_dir / f"checkpoint-{step}")
         accelerator.wait_for_everyone()

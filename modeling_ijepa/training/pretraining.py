@@ -4,6 +4,7 @@ accelerator, the model, its data and masks built from the model's config, the st
 `TrainingLoop`; `main(argv)` then exports the encoder and writes the model card.
 """
 
+import functools
 import math
 
 import torch
@@ -15,12 +16,13 @@ from modeling_ijepa.data.skipping import check_data_was_usable
 from modeling_ijepa.hub.pretraining_card import card_contents
 from modeling_ijepa.hub.publish import export_final_model
 from modeling_ijepa.training.arguments import parse_args
-from modeling_ijepa.training.checkpointing import data_fingerprint, run_fingerprint
+from modeling_ijepa.training.checkpointing import run_fingerprint
 from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
 from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
 from modeling_ijepa.training.runtime import build_accelerator
 from modeling_ijepa.training.schedules import Schedules
+from modeling_ijepa.training.sharded_checkpointing import is_sharded, prepare_model_and_optimizer, unsharded_copy
 
 logger = get_logger(__name__)
 
@@ -30,7 +32,7 @@ TRAJECTORY_ARGUMENTS = (
     "modality", "crop_scale", "num_frames", "frame_step", "num_targets", "target_scale", "target_aspect_ratio",
     "context_scale", "min_context_patches", "allow_overlap", "full_range_placement", "random_subset", "adam_beta1",
     "adam_beta2", "adam_epsilon", "max_grad_norm", "clip_grad_after_warmup", "gradient_accumulation_steps",
-    "horizontal_flip", "num_mask_draws",
+    "horizontal_flip", "num_mask_draws", "streaming", "shuffle_buffer_size",
 )
 
 
@@ -79,8 +81,12 @@ def train(args, step_callback=None):
     data = build_training_data(args, accelerator, model.config)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    optimizer = build_optimizer(model, args.learning_rate, (args.adam_beta1, args.adam_beta2), args.adam_epsilon)
-    model, optimizer, data.dataloader = accelerator.prepare(model, optimizer, data.dataloader)
+    make_optimizer = functools.partial(build_optimizer, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                       eps=args.adam_epsilon)
+    # DDP, or FSDP2 when launched with an FSDP2 config (configs/accelerate/), the target encoder sharded too.
+    model, optimizer = prepare_model_and_optimizer(accelerator, model, make_optimizer)
+    if not args.streaming:  # a stream is split across processes already and sends its batches to the device itself
+        data.dataloader = accelerator.prepare(data.dataloader)
     if args.torch_compile:
         model = torch.compile(model, dynamic=True)  # index lengths vary from batch to batch
     unwrapped = accelerator.unwrap_model(model)
@@ -91,14 +97,15 @@ def train(args, step_callback=None):
     if args.report_to:
         accelerator.init_trackers("jepa_pretraining", {k: str(v) for k, v in vars(args).items() if k != "hub_token"})
     global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    run = run_fingerprint(unwrapped.config, data_fingerprint(data.examples.dataset, data.description, args.train_split),
-                          global_batch, data.batches_per_epoch, args.seed, schedules,
+    run = run_fingerprint(unwrapped.config, data.fingerprint(args.train_split), global_batch,
+                          data.batches_per_epoch, args.seed, schedules,
                           {name: getattr(args, name) for name in TRAJECTORY_ARGUMENTS})
     state = initial_state(args.resume_from_checkpoint, output_dir, unwrapped, optimizer, data.batches_per_epoch, run,
-                          args.allow_changed_run)
+                          args.allow_changed_run, sharded=is_sharded(unwrapped))
+    data.load_state(state)
 
     logger.info(f"***** Pretraining ({args.modality}) *****")
-    logger.info(f"  Examples = {len(data.examples)}, epochs = {settings.num_epochs}, "
+    logger.info(f"  Examples = {data.num_examples or 'streamed'}, epochs = {settings.num_epochs}, "
                 f"optimizer steps = {settings.total_steps}")
     logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
     train_step = build_step(args, accelerator, model, optimizer, schedules)
@@ -116,6 +123,8 @@ def main(argv=None):
     with RUN_RESOURCES:
         accelerator, model, state, (card_values, card_data) = train(args)
         accelerator.wait_for_everyone()
+        if is_sharded(accelerator.unwrap_model(model)):  # the full model, gathered once on the main process
+            model = unsharded_copy(accelerator.unwrap_model(model))
         if accelerator.is_main_process:
             export_final_model(accelerator, model, args, state["log_history"], card_values, card_data)
             logger.info(f"Saved the exported encoder and model card to {args.output_dir}")

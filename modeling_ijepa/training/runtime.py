@@ -4,7 +4,7 @@
 import time
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration
 
@@ -34,10 +34,28 @@ def mixed_precision_in_use(accelerator) -> str:
     return accelerator.mixed_precision
 
 
+def accumulation_for(global_batch_size: int, per_device_batch_size: int, num_processes: int) -> int:
+    """The gradient accumulation steps that make `global_batch_size` examples per optimizer step."""
+    per_pass = per_device_batch_size * num_processes
+    if global_batch_size <= 0 or global_batch_size % per_pass:
+        raise ValueError(
+            f"--global_batch_size {global_batch_size} is not a positive multiple of --per_device_train_batch_size "
+            f"{per_device_batch_size} x {num_processes} processes = {per_pass}: change one of them."
+        )
+    return global_batch_size // per_pass
+
+
 def build_accelerator(args) -> Accelerator:
+    """The run's Accelerator; with --global_batch_size, the gradient accumulation that keeps that global batch on
+    this number of processes (it is set in `args` too, for the fingerprint and the model card)."""
+    # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
+    cpu = not torch.accelerator.is_available()
+    if args.global_batch_size is not None:
+        num_processes = PartialState(cpu=cpu).num_processes
+        args.gradient_accumulation_steps = accumulation_for(
+            args.global_batch_size, args.per_device_train_batch_size, num_processes)
     accelerator = Accelerator(
-        # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
-        cpu=not torch.accelerator.is_available(),
+        cpu=cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,

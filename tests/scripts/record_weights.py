@@ -11,9 +11,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from modeling_ijepa.training.arguments import parse_args  # noqa: E402
-from modeling_ijepa.training.pretraining import train  # noqa: E402
+from modeling_ijepa.training.arguments import parse_args
+from modeling_ijepa.training.pretraining import train
 
 
 def checksum(model) -> str:
