@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""FSDP2 training and sharded checkpoints (modeling_ijepa/training/sharded_checkpointing.py) on CPU, over gloo.
+"""FSDP2 training and sharded checkpoints (training/sharding.py, training/sharded_checkpointing.py) on CPU, over gloo.
 
 `tests/scripts/fsdp_train.py` trains a tiny I-JEPA through `PretrainingStep` on fixed CIFAR-10 batches, on 1 or 2
 processes: once through `accelerate launch --config_file configs/accelerate/fsdp2_cpu.yaml` (FSDP2, then DDP, in the
@@ -43,15 +43,13 @@ from modeling_ijepa.training.checkpointing import (
 from modeling_ijepa.training.optimization import build_optimizer
 from modeling_ijepa.training.sharded_checkpointing import (
     SHARDED_MANIFEST,
-    check_ema_is_local,
     flat_state,
     latest_sharded_checkpoint,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
-    shard_model,
-    unsharded_copy,
     verify_sharded_checkpoint,
 )
+from modeling_ijepa.training.sharding import check_ema_is_local, shard_model, unsharded_copy
 
 from .conftest import CIFAR10, REPO_ROOT, free_port, require
 

@@ -32,12 +32,12 @@ from modeling_ijepa.training.optimization import NonFiniteLossError, Pretraining
 from modeling_ijepa.training.run_control import PREEMPTION_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler
 from modeling_ijepa.training.runtime import out_of_time
 from modeling_ijepa.training.sharded_checkpointing import (
-    is_sharded,
     is_sharded_checkpoint,
     latest_sharded_checkpoint,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
+from modeling_ijepa.training.sharding import is_sharded
 
 logger = get_logger(__name__)
 

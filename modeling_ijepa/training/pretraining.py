@@ -22,7 +22,7 @@ from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
 from modeling_ijepa.training.runtime import build_accelerator
 from modeling_ijepa.training.schedules import Schedules
-from modeling_ijepa.training.sharded_checkpointing import is_sharded, prepare_model_and_optimizer, unsharded_copy
+from modeling_ijepa.training.sharding import is_sharded, prepare_model_and_optimizer, unsharded_copy
 
 logger = get_logger(__name__)
 

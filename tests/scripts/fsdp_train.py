@@ -37,14 +37,17 @@ from modeling_ijepa.training.checkpointing import TEMPORARY_PREFIX
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
 from modeling_ijepa.training.schedules import Schedules
 from modeling_ijepa.training.sharded_checkpointing import (
-    check_ema_is_local,
     flat_state,
-    gather_full_state_dict,
-    is_sharded,
     latest_sharded_checkpoint,
     load_sharded_checkpoint,
-    prepare_model_and_optimizer,
     save_sharded_checkpoint,
+)
+from modeling_ijepa.training.sharding import (
+    check_ema_is_local,
+    fsdp_requested,
+    gather_full_state_dict,
+    is_sharded,
+    prepare_model_and_optimizer,
 )
 
 TINY = IJepaConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -214,7 +217,7 @@ def main(argv=None):
         install_hold(args, accelerator)
     images = load_file(args.images)["pixel_values"]
     result = {"distributed_type": str(accelerator.distributed_type), "world_size": accelerator.num_processes,
-              "fsdp_requested": sharded_checkpointing.fsdp_requested()}
+              "fsdp_requested": fsdp_requested()}
     for sharding in (("fsdp", "ddp") if args.sharding == "both" else (args.sharding,)):
         result[sharding] = train(args, accelerator, images, sharding)
     if accelerator.is_main_process:
