@@ -99,3 +99,32 @@ def test_in_memory_data_benchmark_compares_both_paths_on_a_small_subset(tmp_path
     assert rows[0]["speedup_min"] <= rows[0]["speedup"] <= rows[0]["speedup_max"]
     saved = json.loads((tmp_path / "in_memory_tiny.json").read_text())
     assert saved["dataset"]["images"] == 256 and "cpu_model" in saved["machine"]
+
+
+def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path):
+    from benchmarks import ablation_cifar10
+
+    tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size",
+            "16", "--predictor_num_hidden_layers", "1", "--predictor_num_attention_heads", "2",
+            "--per_device_train_batch_size", "32"]  # fmt: skip
+    payload = ablation_cifar10.main([
+        "--work_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"), "--max_images", "200",
+        "--max_train_steps", "2", "--variants", "options_off", "vicreg", "--seeds", "0", "1", "--extra", *tiny,
+    ])
+    # The held-out images are training images (never the test split), and every run was probed on them.
+    splits = sorted(path.name.split("-")[0] for path in (tmp_path / "cifar10_held_out" / "data").iterdir())
+    assert splits == ["train"] * 4 + ["validation"]
+    assert [row["variant"] for row in payload["rows"]] == ["options_off", "vicreg"]
+    assert all(row["runs"] == 2 for row in payload["rows"])
+    for runs in payload["runs"].values():
+        for run in runs:
+            assert (run["train_data"], run["eval_data"]) == ("train split, 160 images", "validation split, 40 images")
+    log = (tmp_path / "vicreg-seed1" / "training_log.jsonl").read_text().splitlines()
+    assert "regularisation_loss" in json.loads(log[0])  # the variant's option reached the run
+    assert (tmp_path / "results" / "ablation_cifar10.md").read_text().startswith("| variant | runs |")
+    # A later invocation with the same budget adds its variant to the earlier ones.
+    payload = ablation_cifar10.main([
+        "--work_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"), "--max_images", "200",
+        "--max_train_steps", "2", "--variants", "ema_0.99", "--seeds", "0", "1", "--extra", *tiny,
+    ])
+    assert [row["variant"] for row in payload["rows"]] == ["options_off", "vicreg", "ema_0.99"]

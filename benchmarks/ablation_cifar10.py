@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Ablation of the small-data options on CIFAR-10, judged on held-out TRAINING images (never the test split).
+
+    python -m benchmarks.ablation_cifar10 --max_train_steps 300 --seeds 0 1 --work_dir /tmp/ablation
+
+The training split is cut once into 45,000 images to pretrain on and 5,000 held out (written as parquet shards in
+`--work_dir`, a data set in Hub layout with splits `train` and `validation`). Each variant is the recipe
+`configs/cifar10_quality.yaml` with every small-data option off and then one of them on, pretrained for the same number of optimizer steps (a fixed
+budget of images, whatever the machine's speed), and ends with the package's own probe against random
+initialisation: linear probe and kNN on frozen mean-pooled features, fitted on 5,000 of the pretraining images and
+evaluated on the 5,000 held-out ones. Each variant runs once per `--seeds`; the table gives the mean and the spread
+(min-max) over those runs, pretrained and random initialisation side by side.
+
+`--results_dir` (default `benchmarks/results`) receives `ablation_cifar10.json` and `ablation_cifar10.md`.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from datasets import load_dataset
+
+from benchmarks.common import RESULTS, machine, markdown_table
+from modeling_ijepa.data.streaming import write_parquet_shards
+from modeling_ijepa.training.loop import RUN_RESOURCES
+from modeling_ijepa.training.pretraining import main as pretrain
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPE = REPO_ROOT / "configs" / "cifar10_quality.yaml"
+HELD_OUT = 5000
+# The recipe with every small-data option off (as the reference has them), then one option on at a time.
+OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "--num_mask_draws", "1",
+               "--horizontal_flip", "0", "--ema_momentum", "0.996"]
+VARIANTS = {
+    "options_off": [],
+    "vicreg": ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"],
+    "two_mask_draws": ["--num_mask_draws", "2"],
+    "horizontal_flip": ["--horizontal_flip", "0.5"],
+    # A faster-moving target encoder: with 0.996 -> 1 over a few hundred steps, about half of the exported target
+    # encoder is still its random initialisation (the product of the momenta).
+    "ema_0.99": ["--ema_momentum", "0.99"],
+}
+METRICS = ("linear_top1", "knn_top1")
+
+
+def held_out_split(source: Path, folder: Path, held_out: int, limit: int | None) -> Path:
+    """`folder`: CIFAR-10's training split as `train` (all but the last `held_out` of a seeded shuffle) and
+    `validation` (those `held_out`), written once and reused."""
+    if (folder / "data").is_dir():
+        return folder
+    train = load_dataset(str(source), split="train").shuffle(seed=0)
+    if limit is not None:
+        train = train.select(range(min(limit, len(train))))
+    write_parquet_shards(train.select(range(len(train) - held_out)), folder, num_shards=4, split="train", seed=None)
+    write_parquet_shards(train.select(range(len(train) - held_out, len(train))), folder, num_shards=1,
+                         split="validation", seed=None)
+    return folder
+
+
+def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, steps: int, extra: list[str]) -> dict:
+    """Pretrain one variant and return its probe comparison (pretrained and random initialisation)."""
+    argv = ["--config", str(RECIPE), "--dataset_name", str(data), "--output_dir", str(output_dir),
+            "--max_train_steps", str(steps), "--warmup_steps", str(max(1, steps // 10)), "--seed", str(seed),
+            "--probe_eval_split", "validation", "--probe_max_train_samples", "5000",
+            "--probe_max_eval_samples", str(HELD_OUT), *OPTIONS_OFF, *options, *extra]  # fmt: skip
+    with RUN_RESOURCES:
+        pretrain(argv)
+    return json.loads((output_dir / "probe" / "comparison.json").read_text())
+
+
+def summarise(name: str, runs: list[dict]) -> dict:
+    """One table row: mean and min-max over the runs of each metric, pretrained and at random initialisation."""
+    row = {"variant": name, "runs": len(runs)}
+    for encoder in ("pretrained", "random_init"):
+        for metric in METRICS:
+            values = [run[f"{encoder}_{metric}"] for run in runs]
+            spread = f" ({min(values):.1%}-{max(values):.1%})" if len(values) > 1 else ""
+            row[f"{encoder}_{metric}"] = f"{statistics.mean(values):.1%}{spread}"
+    row["linear_gain"] = f"{statistics.mean(run['gains']['linear_top1'] for run in runs) * 100:+.1f}"
+    row["knn_gain"] = f"{statistics.mean(run['gains']['knn_top1'] for run in runs) * 100:+.1f}"
+    return row
+
+
+def earlier_runs(path: Path, steps: int, seeds: list[int]) -> dict:
+    """The runs of an earlier invocation with the same budget and seeds (kept, so that variants can be added one
+    invocation at a time), else none."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    return earlier["runs"] if (earlier["max_train_steps"], earlier["seeds"]) == (steps, seeds) else {}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation_cifar10", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "cifar10",
+                        help="CIFAR-10 in Hub layout.")
+    parser.add_argument("--work_dir", type=Path, required=True, help="Held-out split and the runs' outputs.")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS, help="Where the JSON and the table go.")
+    parser.add_argument("--max_train_steps", type=int, default=300, help="Optimizer steps of every run.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="One run of each variant per seed.")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="Variants to run.")
+    parser.add_argument("--max_images", type=int, default=None, help="Use only this many training images (tests).")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="Further run_pretraining.py arguments for every run (e.g. smaller sizes for a test).")
+    args = parser.parse_args(argv)
+    data = held_out_split(args.dataset, args.work_dir / "cifar10_held_out", HELD_OUT if args.max_images is None
+                          else args.max_images // 5, args.max_images)
+    runs = earlier_runs(args.results_dir / "ablation_cifar10.json", args.max_train_steps, args.seeds)
+    for name in args.variants:
+        runs[name] = [run_variant(data, args.work_dir / f"{name}-seed{seed}", VARIANTS[name], seed,
+                                  args.max_train_steps, args.extra) for seed in args.seeds]
+    rows = [summarise(name, runs[name]) for name in VARIANTS if name in runs]
+    payload = {"machine": machine(), "max_train_steps": args.max_train_steps, "seeds": args.seeds,
+               "recipe": str(RECIPE.relative_to(REPO_ROOT)), "rows": rows, "runs": runs}
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "ablation_cifar10.json").write_text(json.dumps(payload, indent=2) + "\n")
+    columns = ["variant", "runs", "pretrained_linear_top1", "random_init_linear_top1", "linear_gain",
+               "pretrained_knn_top1", "random_init_knn_top1", "knn_gain"]
+    table = markdown_table(rows, columns)
+    (args.results_dir / "ablation_cifar10.md").write_text(table + "\n")
+    print(table)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
