@@ -66,7 +66,10 @@ def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, ste
             "--probe_max_eval_samples", str(HELD_OUT), *OPTIONS_OFF, *options, *extra]  # fmt: skip
     with RUN_RESOURCES:
         pretrain(argv)
-    return json.loads((output_dir / "probe" / "comparison.json").read_text())
+    comparison = json.loads((output_dir / "probe" / "comparison.json").read_text())
+    # The folder is a scratch copy of CIFAR-10's training split: name what it holds rather than where it was.
+    comparison["dataset"] = "CIFAR-10 training split: pretraining images (train) and held-out ones (validation)"
+    return comparison
 
 
 def summarise(name: str, runs: list[dict]) -> dict:
