@@ -25,7 +25,7 @@ from modeling_ijepa.data.images import find_image_column, prepare_image_dataset,
 from modeling_ijepa.data.in_memory import InMemoryImages, InMemoryLimitExceeded, decode_images, resized_crops
 
 from .conftest import CIFAR10, require
-from .test_run_pretraining import cifar_args, launch, pretraining_weights
+from .test_run_pretraining import assert_same_weights, cifar_args, launch
 
 # One level of 255 after normalisation by the smallest ImageNet std: the per-example path rounds resized pixels to
 # uint8, this one does not.
@@ -277,10 +277,7 @@ def test_a_resumed_in_memory_run_ends_with_the_weights_of_an_uninterrupted_one(t
     shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     state = run_pretraining.main(cifar_args(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest"))
     assert state["global_step"] == 6
-    expected = pretraining_weights(tmp_path / "full" / "pretraining")
-    resumed = pretraining_weights(tmp_path / "resumed" / "pretraining")
-    for name, value in expected.items():
-        assert torch.equal(resumed[name], value), name
+    assert_same_weights(tmp_path / "resumed" / "pretraining", tmp_path / "full" / "pretraining")
 
 
 def test_two_in_memory_processes_match_one(tmp_path):

@@ -60,7 +60,7 @@ from modeling_ijepa.training.loop import MAX_CONSECUTIVE_NONFINITE
 from modeling_ijepa.training.optimization import NonFiniteLossError
 
 from .conftest import CIFAR10, REPO_ROOT, require
-from .test_run_pretraining import TINY, cifar_args, pretraining_weights
+from .test_run_pretraining import TINY, assert_same_weights, cifar_args, pretraining_weights
 
 # ------------------------------------------------------------------------------------- 1. kill -9 and resume
 
@@ -106,11 +106,7 @@ def test_kill_at_random_points_then_resume_ends_bitwise_equal_to_an_uninterrupte
     print("\nkill points:", *(json.dumps(hit) for hit in hits), sep="\n  ")
     assert [hit["kind"] for hit in hits] == list(KILL_KINDS)
 
-    expected = pretraining_weights(outputs["uninterrupted"] / "pretraining")
-    resumed = pretraining_weights(outputs["interrupted"] / "pretraining")
-    assert expected.keys() == resumed.keys()
-    for name, value in expected.items():
-        assert torch.equal(resumed[name], value), name
+    assert_same_weights(outputs["interrupted"] / "pretraining", outputs["uninterrupted"] / "pretraining")
     encoder = AutoModel.from_pretrained(outputs["interrupted"]).state_dict()
     for name, value in AutoModel.from_pretrained(outputs["uninterrupted"]).state_dict().items():
         assert torch.equal(encoder[name], value), name

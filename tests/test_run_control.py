@@ -15,7 +15,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 import run_pretraining
 from benchmarks.kill_resume import RUN_ENV, tail
@@ -23,7 +22,7 @@ from modeling_ijepa.training.checkpointing import list_checkpoints
 from modeling_ijepa.training.run_control import LOCK_FILE, PREEMPTION_EXIT_CODE, OutputDirInUseError, OutputDirLock
 
 from .conftest import REPO_ROOT, free_port
-from .test_run_pretraining import cifar_args, pretraining_weights
+from .test_run_pretraining import assert_same_weights, cifar_args
 
 # The same thread count in every process, so that an interrupted run and an uninterrupted one compute bitwise alike.
 SCRIPT_ENV = RUN_ENV | {"PYTHONPATH": str(REPO_ROOT)}
@@ -77,10 +76,12 @@ def wait_for_step(step: int, total: int, log_path, process, timeout: float = 300
         time.sleep(0.01)
 
 
-def assert_same_weights(folder, reference) -> None:
-    expected = pretraining_weights(reference)
-    for name, value in pretraining_weights(folder).items():
-        assert torch.equal(value, expected[name]), name
+def kill_leftovers(*processes: subprocess.Popen) -> None:
+    """Kill and reap whichever of `processes` still runs (a failed assertion must not leave runs behind)."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_sigterm_checkpoints_and_exits_for_requeue_then_the_resumed_run_is_bitwise_equal(tmp_path):
@@ -100,10 +101,7 @@ def test_sigterm_checkpoints_and_exits_for_requeue_then_the_resumed_run_is_bitwi
         assert first.wait(timeout=300) == PREEMPTION_EXIT_CODE, tail(tmp_path / "first.log")
         assert baseline.wait(timeout=600) == 0, tail(tmp_path / "uninterrupted.log")
     finally:
-        for process in (baseline, first):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        kill_leftovers(baseline, first)
     # Checkpointed although --checkpointing_steps is not set, and not exported: the run is not over.
     checkpoints = list_checkpoints(interrupted)
     assert len(checkpoints) == 1 and 0 < int(checkpoints[0].name.split("-")[1]) < steps, checkpoints
@@ -156,10 +154,7 @@ def test_two_processes_stop_together_when_only_one_is_signalled_and_resume_bitwi
         assert first.wait(timeout=300) == 1  # torchrun's code for failed workers, whatever their own codes
         assert baseline.wait(timeout=600) == 0, tail(tmp_path / "uninterrupted.log")
     finally:
-        for process in (baseline, first):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        kill_leftovers(baseline, first)
     log = (tmp_path / "first.log").read_text(errors="replace")
     assert "Stopped by a signal to another process after step" in log, log[-4000:]  # rank 0's message
     assert f"exitcode: {PREEMPTION_EXIT_CODE}" in log, log[-4000:]  # torchrun's report of both workers

@@ -41,6 +41,14 @@ def pretraining_weights(folder):
     return IJepaForPreTraining.from_pretrained(folder).state_dict()
 
 
+def assert_same_weights(folder, reference) -> None:
+    """The pretraining models saved in `folder` and `reference` hold the same tensors, bitwise."""
+    expected, actual = pretraining_weights(reference), pretraining_weights(folder)
+    assert actual.keys() == expected.keys()
+    for name, value in actual.items():
+        assert torch.equal(value, expected[name]), name
+
+
 def test_tiny_run_exports_an_encoder_for_stock_transformers(tmp_path):
     state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "3"))
     assert state["global_step"] == 3 and state["images_seen"] == 48
@@ -85,10 +93,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     state = run_pretraining.main(cifar_args(tmp_path / "resumed", *args, "--resume_from_checkpoint", "latest"))
     assert state["global_step"] == 6
-    expected = pretraining_weights(tmp_path / "full" / "pretraining")
-    resumed = pretraining_weights(tmp_path / "resumed" / "pretraining")
-    for name, value in expected.items():
-        assert torch.equal(resumed[name], value), name
+    assert_same_weights(tmp_path / "resumed" / "pretraining", tmp_path / "full" / "pretraining")
     full_log = json.loads((tmp_path / "full" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     resumed_log = json.loads((tmp_path / "resumed" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     assert [e["loss"] for e in full_log] == [e["loss"] for e in resumed_log]

@@ -6,8 +6,8 @@ number of DataLoader workers, and clear errors for bad input."""
 import dataclasses
 import io
 import itertools
-import shutil
 import json
+import shutil
 import tarfile
 import threading
 from argparse import Namespace
@@ -288,7 +288,8 @@ def streaming_run_args(shards, output_dir, *extra):
 
 def test_a_streaming_run_resumed_mid_stream_ends_as_an_uninterrupted_one(tmp_path):
     import run_pretraining
-    from modeling_ijepa import IJepaForPreTraining
+
+    from .test_run_pretraining import assert_same_weights
 
     shards = tmp_path / "shards"
     write_parquet_shards(load_dataset(str(require(CIFAR10)), split="train").select(range(40)), shards, 4)
@@ -300,10 +301,7 @@ def test_a_streaming_run_resumed_mid_stream_ends_as_an_uninterrupted_one(tmp_pat
     assert full["global_step"] == resumed["global_step"] == 6
     assert [entry["loss"] for entry in full["log_history"]] == [entry["loss"] for entry in resumed["log_history"]]
     assert full["data_stream"] == resumed["data_stream"]
-    weights = [IJepaForPreTraining.from_pretrained(tmp_path / run / "pretraining").state_dict()
-               for run in ("full", "resumed")]
-    for name, value in weights[0].items():
-        assert torch.equal(value, weights[1][name]), name
+    assert_same_weights(tmp_path / "resumed" / "pretraining", tmp_path / "full" / "pretraining")
     card = (tmp_path / "full" / "README.md").read_text()
     # Local shards carry no row count the stream can read: the card says the data was streamed, not how many.
     assert f"| data | {shards} (streamed) |" in card
