@@ -18,6 +18,7 @@ from modeling_ijepa import (
     MultiBlockMaskCollator,
 )
 from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
+from modeling_ijepa.data.fingerprint import data_fingerprint
 from modeling_ijepa.data.images import (
     SkipUnreadable,
     find_image_column,
@@ -28,7 +29,6 @@ from modeling_ijepa.data.images import (
 from modeling_ijepa.data.in_memory import GIB, InMemoryImages, InMemoryLimitExceeded, decode_images
 from modeling_ijepa.data.skipping import check_skip_fraction
 from modeling_ijepa.data.streaming import build_streaming_training_data
-from modeling_ijepa.training.checkpointing import data_fingerprint
 
 logger = get_logger(__name__)
 
@@ -145,7 +145,7 @@ class TrainingData:
         return len(self.examples)
 
     def fingerprint(self, split: str) -> dict:
-        """What identifies the data in the run fingerprint (see `checkpointing.data_fingerprint`)."""
+        """What identifies the data in the run fingerprint (see `data.fingerprint.data_fingerprint`)."""
         return data_fingerprint(self.examples.dataset, self.description, split)
 
     def save_state(self, state: dict) -> None:

@@ -371,7 +371,7 @@ class StreamingTrainingData:
         self.dataloader.load_state_dict(streams[self.process_index])
 
     def fingerprint(self, split: str) -> dict:
-        """What the run fingerprint records of the data (`checkpointing.data_fingerprint` needs a length)."""
+        """What the run fingerprint records of the data (`data.fingerprint.data_fingerprint` needs a length)."""
         return {"name": self.description, "split": split, "size": self.num_examples, "streamed": True,
                 "num_shards": self.examples.num_shards}
 

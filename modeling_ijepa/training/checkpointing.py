@@ -22,7 +22,6 @@ other. Errors name the file.
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -44,8 +43,6 @@ TEMPORARY_PREFIX = ".tmp-checkpoint-"
 TRAINER_STATE = "trainer_state.json"
 # Every file of a checkpoint besides the model's weights (one safetensors file, or shards listed by an index).
 CHECKPOINT_FILES = ("config.json", "optimizer.safetensors", "optimizer.json", TRAINER_STATE)
-# How many examples from the start of a data set its fingerprint hashes.
-FINGERPRINT_EXAMPLES = 16
 
 
 class CheckpointWriteError(RuntimeError):
@@ -313,39 +310,15 @@ def model_fingerprint(config: PretrainedConfig) -> dict:
     return {key: value for key, value in config.to_dict().items() if key not in generic}
 
 
-def data_fingerprint(dataset, name: str | None, split: str | None) -> dict:
-    """Name, split, size and a hash of the first examples' keys of a training set: a `datasets.Dataset` (its raw
-    rows: file paths and bytes, labels; not the decoded images), a `VideoClipDataset` (its video names), or a
-    `torch.utils.data.Subset` of either, or images decoded into a tensor
-    (their pixels). Other datasets are described by name, split and size only."""
-    indices = range(min(FINGERPRINT_EXAMPLES, len(dataset)))
-    while isinstance(dataset, torch.utils.data.Subset):
-        indices = [dataset.indices[index] for index in indices]
-        dataset = dataset.dataset
-    if hasattr(dataset, "video_names"):
-        keys = [dataset.video_names[index] for index in indices]
-    elif hasattr(dataset, "with_format"):
-        # Arrow rows: undecoded (an image is its path and bytes), whatever the dataset's format and transform.
-        keys = dataset.with_format("arrow")[list(indices)].to_pylist()
-    elif isinstance(dataset, torch.Tensor):
-        # Images decoded into memory (`in_memory_images`): their pixels.
-        keys = hashlib.sha256(dataset[list(indices)].contiguous().numpy().tobytes()).hexdigest()
-    else:
-        keys = None
-    fingerprint = {"name": name, "split": split, "size": len(dataset)}
-    if keys is not None:
-        fingerprint["first_examples_sha256"] = hashlib.sha256(repr(keys).encode()).hexdigest()
-    return fingerprint
-
-
 def run_fingerprint(
     config: PretrainedConfig, data: dict, global_batch_size: int, batches_per_epoch: int, seed: int, schedules,
     arguments: dict,
 ) -> dict:
     """What determines a run's trajectory, stored in every checkpoint and compared on resume (`check_resume`).
 
-    `data` comes from `data_fingerprint`, `schedules` is the run's `Schedules` (a dataclass) and `arguments` holds
-    the other settings that change what a step computes (masking, augmentation, optimizer betas, ...)."""
+    `data` comes from `data.fingerprint.data_fingerprint`, `schedules` is the run's `Schedules` (a dataclass) and
+    `arguments` holds the other settings that change what a step computes (masking, augmentation, optimizer betas,
+    ...)."""
     fingerprint = {
         "model": model_fingerprint(config), "data": data, "global_batch_size": global_batch_size,
         "batches_per_epoch": batches_per_epoch, "seed": seed, "schedules": dataclasses.asdict(schedules),
