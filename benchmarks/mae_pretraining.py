@@ -35,6 +35,7 @@ from modeling_ijepa.hub.export import image_processor_for
 from modeling_ijepa.training.arguments import add_image_data_arguments
 from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
+from modeling_ijepa.training.runtime import float32_matmul_precision
 from modeling_ijepa.training.schedules import Schedules
 
 logger = get_logger(__name__)
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--adam_beta2", type=float, default=0.95)
     optimisation.add_argument("--max_grad_norm", type=float, default=None)
     optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    optimisation.add_argument(
+        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
+        help="torch.set_float32_matmul_precision, as in I-JEPA pretraining ('medium': bf16 products on AMX CPUs).",
+    )
     optimisation.add_argument("--seed", type=int, default=0)
 
     output = parser.add_argument_group("output")
@@ -155,7 +160,8 @@ def train(args: argparse.Namespace, step_callback=None):
     logger.info(f"***** MAE pretraining: {len(data.examples)} examples, {settings.total_steps} optimizer steps *****")
     train_step = PretrainingStep(accelerator, model, optimizer, schedules, max_grad_norm=args.max_grad_norm)
     loop = TrainingLoop(accelerator, model, optimizer, train_step, data, state, settings, output_dir, step_callback)
-    state = loop.run()
+    with float32_matmul_precision(args.matmul_precision):
+        state = loop.run()
     check_data_was_usable(accelerator, state, args.max_skip_fraction)
     return accelerator, model, state
 

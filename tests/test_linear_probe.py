@@ -397,7 +397,7 @@ def test_the_pretraining_probe_loads_its_data_once_for_both_encoders(tmp_path, p
     args = argparse.Namespace(
         dataset_name=None, dataset_config_name=None, train_dir=None, cache_dir=None, image_column_name=None,
         train_split="train", probe_label_column_name=None, probe_eval_split=None, probe_max_train_samples=200,
-        probe_max_eval_samples=100, seed=0,
+        probe_max_eval_samples=100, probe_feature_layers=1, seed=0,
     )  # fmt: skip
     with monkeypatch.context() as patch:
         patch.setattr(pretraining_probe, "load_image_dataset", counted_load)

@@ -32,7 +32,7 @@ def test_quality_benchmark_end_to_end(tmp_path):
     results_dir = tmp_path / "results"
     rows = quality_cifar10.main([
         "--budget_minutes", "0.1", "--calibration_steps", "3", "--dataset_name", str(require(CIFAR10)),
-        "--probe_train_samples", "200", "--probe_eval_samples", "100",
+        "--probe_train_samples", "200", "--probe_eval_samples", "100", "--feature_layers", "2",
         "--output_dir", str(tmp_path / "run"), "--results_dir", str(results_dir), *TINY,
     ])  # fmt: skip
 
@@ -102,3 +102,18 @@ def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeyp
     step_seconds, images_per_second = quality_cifar10.calibrate("ijepa", [], calibration_steps=5)
     assert steps_run == [2 + 2 * 3 + 5]
     assert step_seconds == pytest.approx(0.1) and images_per_second == pytest.approx(320)
+
+
+def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
+    """Both methods must see the same images at the same speed-ups: the in-memory data path, flips and crops, and
+    the float32 matmul precision and attention kernel of the I-JEPA recipe go to MAE as well."""
+    from benchmarks import mae_pretraining
+    from modeling_ijepa.training import arguments
+
+    ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG), "--horizontal_flip", "0.5"])
+    mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa) + ["--max_train_steps", "1"])
+    for name in ("in_memory_data", "max_in_memory_gib", "horizontal_flip", "crop_scale", "matmul_precision",
+                 "attn_implementation", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
+                 "per_device_train_batch_size", "learning_rate"):
+        assert getattr(mae, name) == getattr(ijepa, name), name
+    assert mae.in_memory_data and mae.matmul_precision == "medium"  # the recipe's, so the check above is not vacuous

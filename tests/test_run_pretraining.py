@@ -296,15 +296,24 @@ def test_epoch_checkpointing_also_saves_the_last_epoch(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
 
 
-def test_matmul_precision_option_sets_torch_and_is_recorded_in_the_card(tmp_path):
-    """`--matmul_precision medium` (bf16 products of float32 matrices) still trains, and the card says so."""
+def test_matmul_precision_applies_to_training_only_and_is_recorded_in_the_card(tmp_path, monkeypatch):
+    """`--matmul_precision medium` (bf16 products of float32 matrices) holds while the loop trains, and the card
+    says so; afterwards torch's setting is restored, so the probe at the end of a run fits in full float32."""
+    from modeling_ijepa.training.loop import TrainingLoop
+
     before = torch.get_float32_matmul_precision()
-    try:
-        state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "2", "--matmul_precision", "medium",
-                                                "--attn_implementation", "eager"))
-        assert torch.get_float32_matmul_precision() == "medium"
-    finally:
-        torch.set_float32_matmul_precision(before)
+    during = []
+    run = TrainingLoop.run
+
+    def recording_run(loop):
+        during.append(torch.get_float32_matmul_precision())
+        return run(loop)
+
+    monkeypatch.setattr(TrainingLoop, "run", recording_run)
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "2", "--matmul_precision", "medium",
+                                            "--attn_implementation", "eager"))
+    assert during == ["medium"] and before != "medium"
+    assert torch.get_float32_matmul_precision() == before
     assert state["global_step"] == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in state["log_history"])
     assert "float32 matmul precision medium" in (tmp_path / "README.md").read_text()
 
@@ -346,6 +355,22 @@ def test_the_end_of_pretraining_probes_against_random_init_and_says_so_in_the_ca
             assert 0.0 <= value <= 1.0 and f"{100 * value:.1f}%" in card
     assert comparison["pays_off"] == all(gain > 0 for gain in comparison["gains"].values())
     assert (tmp_path / "probe_vs_random_init.png").stat().st_size > 1000
+
+
+def test_the_end_of_pretraining_probe_can_read_the_last_layers(tmp_path):
+    run_pretraining.main(["--output_dir", str(tmp_path), *TINY, "--max_train_steps", "1",
+                          "--per_device_train_batch_size", "16", "--probe_after_training", "--probe_feature_layers", "2",
+                          "--probe_max_train_samples", "200", "--probe_max_eval_samples", "100"])
+    comparison = json.loads((tmp_path / "probe" / "comparison.json").read_text())
+    assert comparison["features"].startswith("last 2 layers, concatenated")
+    for encoder in ("pretrained", "random_init"):
+        results = json.loads((tmp_path / "probe" / encoder / "probe_results.json").read_text())
+        assert results["features"]["layers"] == 2
+    with pytest.raises(ValueError, match="--probe_feature_layers must be positive"):
+        run_pretraining.main(["--output_dir", str(tmp_path / "bad"), "--probe_feature_layers", "0"])
+    with pytest.raises(ValueError, match="--probe_feature_layers 3 exceeds the encoder's 2 layers"):
+        run_pretraining.main(["--output_dir", str(tmp_path / "bad"), *TINY, "--probe_after_training",
+                              "--probe_feature_layers", "3"])
 
 
 def test_the_probe_after_training_can_be_turned_off(tmp_path):

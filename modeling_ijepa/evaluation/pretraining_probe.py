@@ -60,7 +60,8 @@ def probe_arguments(args, output_dir: Path, train_split: str, eval_split: str, r
     argv = ["--model_name_or_path", str(output_dir), "--train_split", train_split, "--eval_split", eval_split,
             "--output_dir", str(output_dir / "probe" / ("random_init" if random_init else "pretrained")),
             "--max_train_samples", str(args.probe_max_train_samples),
-            "--max_eval_samples", str(args.probe_max_eval_samples), "--seed", str(args.seed), "--no_update_model_card"]
+            "--max_eval_samples", str(args.probe_max_eval_samples), "--feature_layers", str(args.probe_feature_layers),
+            "--seed", str(args.seed), "--no_update_model_card"]
     for flag in ("dataset_name", "dataset_config_name", "train_dir", "image_column_name", "cache_dir"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]

@@ -302,6 +302,9 @@ def add_probe_arguments(group) -> None:
                        help="Training images the probes fit on (a seeded random subset), to keep the check cheap.")
     group.add_argument("--probe_max_eval_samples", type=int, default=2000,
                        help="Held-out images the probes are evaluated on (a seeded random subset).")
+    group.add_argument("--probe_feature_layers", type=int, default=1,
+                       help="The probes' features: the mean over patches of each of the last K layers, concatenated "
+                            "(1: the last layer, as the reference evaluates).")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,10 +408,13 @@ def validate_numbers(args: argparse.Namespace) -> None:
         if value is None or value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}.")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "max_train_minutes",
-                 "max_grad_norm", "probe_max_train_samples", "probe_max_eval_samples"):
+                 "max_grad_norm", "probe_max_train_samples", "probe_max_eval_samples", "probe_feature_layers"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name} must be positive when given, got {value}.")
+    if args.probe_after_training and args.probe_feature_layers > args.num_hidden_layers:
+        raise ValueError(f"--probe_feature_layers {args.probe_feature_layers} exceeds the encoder's "
+                         f"{args.num_hidden_layers} layers (--num_hidden_layers).")
     for name in ("learning_rate", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs",
                  "warmup_steps", "dataloader_num_workers", "variance_loss_weight", "covariance_loss_weight"):
         value = getattr(args, name)

@@ -20,7 +20,7 @@ from modeling_ijepa.training.checkpointing import run_fingerprint
 from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
 from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
-from modeling_ijepa.training.runtime import build_accelerator
+from modeling_ijepa.training.runtime import build_accelerator, float32_matmul_precision
 from modeling_ijepa.training.schedules import Schedules
 from modeling_ijepa.training.sharding import is_sharded, prepare_model_and_optimizer, unsharded_copy
 
@@ -73,8 +73,6 @@ def train(args, step_callback=None):
     `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
     accelerator = build_accelerator(args)
     set_seed(args.seed)
-    if args.matmul_precision is not None:
-        torch.set_float32_matmul_precision(args.matmul_precision)
     output_dir = prepare_output_dir(args.output_dir, accelerator)
 
     model = build_model(args)
@@ -110,7 +108,8 @@ def train(args, step_callback=None):
     logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
     train_step = build_step(args, accelerator, model, optimizer, schedules)
     loop = TrainingLoop(accelerator, model, optimizer, train_step, data, state, settings, output_dir, step_callback)
-    state = loop.run()
+    with float32_matmul_precision(args.matmul_precision):
+        state = loop.run()
     if state["num_skipped"]:
         logger.warning(f"Skipped {state['num_skipped']} unreadable examples in total.")
     check_data_was_usable(accelerator, state, args.max_skip_fraction)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The run's Accelerator, the precision it really trains in, and the wall-clock limit."""
 
+import contextlib
 import time
 
 import torch
@@ -24,6 +25,20 @@ def out_of_time(accelerator, started: float, max_minutes: float | None) -> bool:
         return time.perf_counter() - started >= max_minutes * 60
     elapsed = torch.tensor([time.perf_counter() - started], device=accelerator.device)
     return accelerator.reduce(elapsed, "max").item() >= max_minutes * 60
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str | None):
+    """torch's process-wide float32 matmul precision (`torch.set_float32_matmul_precision`) set to `precision` for
+    the block, then restored; None leaves it alone. Training may take bf16 products ('medium'); what follows in the
+    same process (the probe's L-BFGS fit, another run) must not inherit them."""
+    previous = torch.get_float32_matmul_precision()
+    if precision is not None:
+        torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def mixed_precision_in_use(accelerator) -> str:
@@ -65,6 +80,6 @@ def build_accelerator(args) -> Accelerator:
     configure_logging(accelerator.is_local_main_process)
     logger.info(accelerator.state, main_process_only=False)
     if mixed_precision_in_use(accelerator) != accelerator.mixed_precision:
-        logger.warning(f"--mixed_precision {accelerator.mixed_precision} is not supported on {accelerator.device.type}: "
-                       "training in float32 (the model card says so).")
+        logger.warning(f"--mixed_precision {accelerator.mixed_precision} is not supported on "
+                       f"{accelerator.device.type}: training in float32 (the model card says so).")
     return accelerator
