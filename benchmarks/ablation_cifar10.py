@@ -5,13 +5,17 @@
 
 The training split is cut once into 45,000 images to pretrain on and 5,000 held out (written as parquet shards in
 `--work_dir`, a data set in Hub layout with splits `train` and `validation`). Each variant is the recipe
-`configs/cifar10_quality.yaml` with every small-data option off and then one of them on, pretrained for the same number of optimizer steps (a fixed
-budget of images, whatever the machine's speed), and ends with the package's own probe against random
+`configs/cifar10_quality.yaml` with every option this ablation varies set as the reference has it (`OPTIONS_OFF`),
+then some of them on: the first round turns on one option at a time, the second adds one knob at a time to the
+first round's gain (the regulariser). Every run is pretrained for the same number of optimizer steps (a fixed
+budget of images, whatever the machine's speed) and ends with the package's own probe against random
 initialisation: linear probe and kNN on frozen mean-pooled features, fitted on 5,000 of the pretraining images and
 evaluated on the 5,000 held-out ones. Each variant runs once per `--seeds`; the table gives the mean and the spread
 (min-max) over those runs, pretrained and random initialisation side by side.
 
-`--results_dir` (default `benchmarks/results`) receives `ablation_cifar10.json` and `ablation_cifar10.md`.
+`--results_dir` (default `benchmarks/results`) receives `ablation_cifar10.json` and `ablation_cifar10.md`. A run
+folder in `--work_dir` (`<variant>-seed<seed>`) that finished its probe at the same number of steps is reused, so an
+interrupted ablation continues where it stopped; delete the folder to run it again.
 """
 
 import argparse
@@ -29,17 +33,30 @@ from modeling_ijepa.training.pretraining import main as pretrain
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "configs" / "cifar10_quality.yaml"
 HELD_OUT = 5000
-# The recipe with every small-data option off (as the reference has them), then one option on at a time.
+# The recipe with every option the ablation varies as the reference has it (and the recipe's learning rate, targets,
+# crops and probe features pinned, so that a change of the recipe does not move the ablation's baseline).
 OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "--num_mask_draws", "1",
-               "--horizontal_flip", "0", "--ema_momentum", "0.996"]
+               "--horizontal_flip", "0", "--ema_momentum", "0.996", "--learning_rate", "5e-4", "--num_targets", "4",
+               "--crop_scale", "0.3,1.0", "--probe_feature_layers", "1"]  # fmt: skip
+VICREG = ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"]
 VARIANTS = {
     "options_off": [],
-    "vicreg": ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"],
+    "vicreg": VICREG,
     "two_mask_draws": ["--num_mask_draws", "2"],
     "horizontal_flip": ["--horizontal_flip", "0.5"],
     # A faster-moving target encoder: with 0.996 -> 1 over a few hundred steps, about half of the exported target
     # encoder is still its random initialisation (the product of the momenta).
     "ema_0.99": ["--ema_momentum", "0.99"],
+    # Second round, on top of the regulariser (the first round's one gain): one knob at a time.
+    "vicreg_x10": ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"],
+    "vicreg+lr_1e-3": [*VICREG, "--learning_rate", "1e-3"],
+    "vicreg+ema_0.99": [*VICREG, "--ema_momentum", "0.99"],
+    # Two target blocks instead of four: the context keeps about twice the patches on the 8x8 grid.
+    "vicreg+two_targets": [*VICREG, "--num_targets", "2"],
+    "vicreg+two_mask_draws": [*VICREG, "--num_mask_draws", "2"],
+    "vicreg+crop_0.5": [*VICREG, "--crop_scale", "0.5,1.0"],
+    # A probe option (ijepa#47): the mean-pooled features of the last 4 blocks, concatenated, for both encoders.
+    "vicreg+probe_4_layers": [*VICREG, "--probe_feature_layers", "4"],
 }
 METRICS = ("linear_top1", "knn_top1")
 
@@ -58,14 +75,26 @@ def held_out_split(source: Path, folder: Path, held_out: int, limit: int | None)
     return folder
 
 
+def finished_steps(output_dir: Path) -> int | None:
+    """The optimizer steps of a run in `output_dir` that ended with its probe, else None: an interrupted ablation
+    started again with the same `--work_dir` reuses the runs that finished."""
+    log, comparison = output_dir / "training_log.jsonl", output_dir / "probe" / "comparison.json"
+    if not (log.is_file() and comparison.is_file()):
+        return None
+    return json.loads(log.read_text().splitlines()[-1])["step"]
+
+
 def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, steps: int, extra: list[str]) -> dict:
     """Pretrain one variant and return its probe comparison (pretrained and random initialisation)."""
     argv = ["--config", str(RECIPE), "--dataset_name", str(data), "--output_dir", str(output_dir),
             "--max_train_steps", str(steps), "--warmup_steps", str(max(1, steps // 10)), "--seed", str(seed),
             "--probe_eval_split", "validation", "--probe_max_train_samples", "5000",
             "--probe_max_eval_samples", str(HELD_OUT), *OPTIONS_OFF, *options, *extra]  # fmt: skip
-    with RUN_RESOURCES:
-        pretrain(argv)
+    if finished_steps(output_dir) == steps:
+        print(f"Reusing the finished run in {output_dir} (delete it to run it again).")
+    else:
+        with RUN_RESOURCES:
+            pretrain(argv)
     comparison = json.loads((output_dir / "probe" / "comparison.json").read_text())
     # The folder is a scratch copy of CIFAR-10's training split: name what it holds rather than where it was.
     comparison["dataset"] = "CIFAR-10 training split: pretraining images (train) and held-out ones (validation)"

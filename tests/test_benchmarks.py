@@ -4,6 +4,8 @@
 import json
 import sys
 
+import pytest
+
 from benchmarks import common, gpu_train_step, in_memory_data, train_step
 
 
@@ -101,7 +103,7 @@ def test_in_memory_data_benchmark_compares_both_paths_on_a_small_subset(tmp_path
     assert saved["dataset"]["images"] == 256 and "cpu_model" in saved["machine"]
 
 
-def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path):
+def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, monkeypatch):
     from benchmarks import ablation_cifar10
 
     tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size",
@@ -128,3 +130,10 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path):
         "--max_train_steps", "2", "--variants", "ema_0.99", "--seeds", "0", "1", "--extra", *tiny,
     ])
     assert [row["variant"] for row in payload["rows"]] == ["options_off", "vicreg", "ema_0.99"]
+    # Started again on the same --work_dir (an interrupted ablation), the finished runs are read back, not retrained.
+    monkeypatch.setattr(ablation_cifar10, "pretrain", lambda argv: pytest.fail("a finished run was trained again"))
+    again = ablation_cifar10.main([
+        "--work_dir", str(tmp_path), "--results_dir", str(tmp_path / "again"), "--max_images", "200",
+        "--max_train_steps", "2", "--variants", "vicreg", "--seeds", "0", "1", "--extra", *tiny,
+    ])
+    assert again["runs"]["vicreg"] == payload["runs"]["vicreg"]
