@@ -32,7 +32,7 @@ from modeling_ijepa.cli import configure_logging
 from modeling_ijepa.data.pipeline import build_training_data
 from modeling_ijepa.data.skipping import check_data_was_usable
 from modeling_ijepa.hub.export import image_processor_for
-from modeling_ijepa.training.arguments import add_image_data_arguments
+from modeling_ijepa.training.arguments import add_image_data_arguments, add_precision_arguments
 from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
 from modeling_ijepa.training.runtime import float32_matmul_precision
@@ -79,11 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimisation.add_argument("--adam_beta1", type=float, default=0.9)
     optimisation.add_argument("--adam_beta2", type=float, default=0.95)
     optimisation.add_argument("--max_grad_norm", type=float, default=None)
-    optimisation.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    optimisation.add_argument(
-        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
-        help="torch.set_float32_matmul_precision, as in I-JEPA pretraining ('medium': bf16 products on AMX CPUs).",
-    )
+    add_precision_arguments(optimisation)
     optimisation.add_argument("--seed", type=int, default=0)
 
     output = parser.add_argument_group("output")

@@ -65,6 +65,7 @@ from benchmarks.common import machine, markdown_table  # noqa: E402
 from benchmarks.plot_masks import plot_recipe_masks  # noqa: E402
 from modeling_ijepa.cli import configure_logging  # noqa: E402
 from modeling_ijepa.evaluation import linear_probe  # noqa: E402
+from modeling_ijepa.evaluation.features import describe_layers  # noqa: E402
 from modeling_ijepa.hub.model_card import plot_training_curves  # noqa: E402
 from modeling_ijepa.training import arguments, pretraining  # noqa: E402
 from modeling_ijepa.training.loop import RUN_RESOURCES  # noqa: E402
@@ -245,7 +246,7 @@ def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None
     extracted from the probe's cache; each run's results are also kept as `probe_results_{full,lowshot}.json`."""
     argv = [
         "--model_name_or_path", str(model_dir), "--dataset_name", args.dataset_name, "--output_dir", str(output_dir),
-        "--seed", str(args.seed), "--no_update_model_card",
+        "--seed", str(args.seed), "--feature_layers", str(args.feature_layers), "--no_update_model_card",
     ]
     if args.dataloader_num_workers is not None:
         argv += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
@@ -255,8 +256,6 @@ def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None
         argv += ["--max_eval_samples", str(args.probe_eval_samples)]
     if samples_per_class is not None:
         argv += ["--samples_per_class", str(samples_per_class)]
-    if args.feature_layers is not None:
-        argv += ["--feature_layers", str(args.feature_layers)]
     if random_init:
         argv.append("--random_init")
     results = linear_probe.main(argv)
@@ -409,7 +408,7 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
     )
     probe_train = "all" if args.probe_train_samples is None else args.probe_train_samples
     probe_eval = "all" if args.probe_eval_samples is None else args.probe_eval_samples
-    layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
+    layers = describe_layers(args.feature_layers)
     setting = (
         f"Each method pretrained for {args.budget_minutes:g} minutes of wall-clock on `{rows[0]['device']}` "
         f"(ViT {ijepa.hidden_size}x{ijepa.num_hidden_layers}, {ijepa.patch_size}px patches at {ijepa.image_size}px). "

@@ -57,6 +57,11 @@ class LabelledFeatures:
         return cls(tensors["features"], tensors["labels"], int(tensors["num_skipped"]))
 
 
+def describe_layers(feature_layers: int) -> str:
+    """How results and cards name the layers `select_tokens` reads."""
+    return "last layer" if feature_layers == 1 else f"last {feature_layers} layers, concatenated"
+
+
 def select_tokens(outputs, feature_layers: int) -> torch.Tensor:
     """Token features [B, N, D] (one layer) or [B, N, K*D] (the last K layers, concatenated over channels).
 

@@ -47,6 +47,7 @@ from modeling_ijepa.evaluation.encoders import FORWARD_ARGUMENTS, PREFIX_TOKENS,
 from modeling_ijepa.evaluation.features import (
     LabelledFeatures,
     cached_features,
+    describe_layers,
     extract_features,
     fingerprint,
     timed,
@@ -292,7 +293,7 @@ def sizes_record(
 
 def features_record(args: argparse.Namespace, extracted: dict[str, ExtractedSplit]) -> dict:
     """Which features the probes saw, and their cache files."""
-    layers = "last layer" if args.feature_layers == 1 else f"last {args.feature_layers} layers, concatenated"
+    layers = describe_layers(args.feature_layers)
     pooling = "mean over tokens" if args.modality == "image" else "all tokens (mean over tokens for linear and kNN)"
     return {
         "layers": args.feature_layers,

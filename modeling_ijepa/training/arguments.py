@@ -205,6 +205,21 @@ def add_schedule_arguments(group) -> None:
     )
 
 
+def add_precision_arguments(group) -> None:
+    """The training precision (also used by the MAE baseline's trainer): Accelerate's mixed precision and torch's
+    float32 matmul precision, which holds for the training loop only (`runtime.float32_matmul_precision`)."""
+    group.add_argument(
+        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
+    )
+    group.add_argument(
+        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
+        help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
+             "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
+             "the CPU's SDPA kernel slows down in that mode.",
+    )
+
+
 def add_optimisation_arguments(group) -> None:
     """Batch, steps, AdamW, clipping and precision."""
     group.add_argument("--per_device_train_batch_size", type=int, default=8, help="Batch size on each process.")
@@ -232,16 +247,7 @@ def add_optimisation_arguments(group) -> None:
         help="Clip (--max_grad_norm) only in the epochs after the warmup epochs (0-based epoch index > "
              "--warmup_epochs), as the reference V-JEPA does.",
     )
-    group.add_argument(
-        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
-    )
-    group.add_argument(
-        "--matmul_precision", choices=["highest", "high", "medium"], default=None,
-        help="torch.set_float32_matmul_precision for float32 matrix products: 'high' allows TF32 on GPUs, 'medium' "
-             "bf16 products (AMX on recent Intel CPUs). On a CPU, pair 'medium' with --attn_implementation eager: "
-             "the CPU's SDPA kernel slows down in that mode.",
-    )
+    add_precision_arguments(group)
     group.add_argument("--seed", type=int, default=0, help="Seed of the initialisation, data order, crops and masks.")
     group.add_argument(
         "--on_nonfinite_loss", choices=["error", "skip"], default="error",
