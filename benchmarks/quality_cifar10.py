@@ -118,6 +118,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--probe_train_samples", type=int, default=None, help="Probe on a subset of the training split (default: all).")
     add("--probe_eval_samples", type=int, default=None, help="Evaluate on a subset of the test split (default: all).")
     add("--lowshot_samples_per_class", type=int, default=10)
+    add("--lowshot_sweep_folds", type=int, default=5,
+        help="The low-shot probe chooses its L2 strength by this many-fold cross-validation over its labelled "
+             "examples (1: one 10%% part, a single image per class at 10 per class).")
+    add("--lowshot_weight_decays", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
+        help="L2 strengths swept by the low-shot probe: wider upwards than the full-label default, whose "
+             "strongest value (0.1) few labels chose for I-JEPA and MAE alike, at the edge of the sweep.")
     add("--feature_layers", type=int, default=None,
         help="Probe features from the last K layers, for every encoder alike (default: the recipe's "
              "probe_feature_layers).")
@@ -139,6 +145,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--calibration_steps must be at least 1.")
     if not 0 <= args.warmup_fraction < 1:
         parser.error("--warmup_fraction must lie in [0, 1).")
+    # Checked here rather than by the probe, which runs after the whole pretraining budget.
+    if not 1 <= args.lowshot_sweep_folds <= args.lowshot_samples_per_class * 10:
+        parser.error("--lowshot_sweep_folds must lie between 1 and the number of low-shot images (10 classes).")
     return args
 
 
@@ -255,7 +264,8 @@ def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None
     if args.probe_eval_samples is not None:
         argv += ["--max_eval_samples", str(args.probe_eval_samples)]
     if samples_per_class is not None:
-        argv += ["--samples_per_class", str(samples_per_class)]
+        argv += ["--samples_per_class", str(samples_per_class), "--sweep_folds", str(args.lowshot_sweep_folds),
+                 "--linear_weight_decays", *map(str, args.lowshot_weight_decays)]
     if random_init:
         argv.append("--random_init")
     results = linear_probe.main(argv)
@@ -414,7 +424,9 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
         f"(ViT {ijepa.hidden_size}x{ijepa.num_hidden_layers}, {ijepa.patch_size}px patches at {ijepa.image_size}px). "
         f"Linear probe and kNN (k=20) on frozen mean-pooled features ({layers}): {probe_train} training images "
         f"(`lowshot_top1`: {args.lowshot_samples_per_class} per class), top-1 on {probe_eval} test images; probe "
-        "hyperparameters chosen on a held-out part of the training split. "
+        "hyperparameters chosen on a held-out part of the training split "
+        f"(low-shot: {args.lowshot_sweep_folds}-fold cross-validation over its labelled images, L2 strengths "
+        f"{min(args.lowshot_weight_decays):g} to {max(args.lowshot_weight_decays):g}). "
         f"Made by `python -m benchmarks.quality_cifar10 --budget_minutes {args.budget_minutes:g}`."
     )
     recipes = "\n".join(f"- `{row['method']}`: {row['recipe']}" for row in rows)
@@ -455,6 +467,8 @@ def main(argv=None) -> list[dict]:
         row |= probe_method(row["method"], model_dirs[row["method"]], args)
         row |= {
             "lowshot_per_class": args.lowshot_samples_per_class,
+            "lowshot_sweep_folds": args.lowshot_sweep_folds,
+            "lowshot_weight_decays": args.lowshot_weight_decays,
             "feature_layers": args.feature_layers,
             "recipe": recipe_text(row["method"], ijepa, args.warmup_fraction),
             "encoder": display_path(model_dirs[row["method"]]),

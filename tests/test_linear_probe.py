@@ -17,8 +17,8 @@ from modeling_ijepa.evaluation.knn import knn_scores
 from modeling_ijepa.evaluation.linear_probe import main as probe_main
 from modeling_ijepa.evaluation.linear_probe import run_probes
 from modeling_ijepa.evaluation.metrics import TopKAccuracy
-from modeling_ijepa.evaluation.probes import sweep_edges
-from modeling_ijepa.evaluation.subsets import samples_per_class_subset, stratified_sample
+from modeling_ijepa.evaluation.probes import fit_logistic_regression, standardise, sweep_and_refit, sweep_edges
+from modeling_ijepa.evaluation.subsets import samples_per_class_subset, stratified_folds, stratified_sample
 from modeling_ijepa.hub.export import save_encoder_for_transformers
 from modeling_ijepa.hub.probe_card import split_description
 
@@ -192,6 +192,10 @@ def test_low_shot_subsets(tmp_path, pretraining_folder):
     five_shot = probe_main(cifar_args(folder, tmp_path, "--samples_per_class", "5"))
     assert five_shot["features"]["cached"] == {"train": True, "eval": True}  # subsets come from the cache
     assert five_shot["sizes"]["train_used"] == 50 and five_shot["low_shot"]["samples_per_class"] == 5
+    assert five_shot["linear_probe"]["num_validation"] == 10 and five_shot["linear_probe"]["num_folds"] == 1
+    folded = probe_main(cifar_args(folder, tmp_path, "--samples_per_class", "5", "--sweep_folds", "5"))
+    assert folded["linear_probe"]["num_validation"] == 50 and folded["linear_probe"]["num_folds"] == 5
+    assert folded["linear_probe"]["num_fit"] == 40 and folded["sweep_folds"] == 5
     chosen = samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=0)
     assert torch.bincount(labels[chosen], minlength=10).tolist() == [5] * 10
     torch.testing.assert_close(chosen, samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=0))
@@ -205,6 +209,49 @@ def test_low_shot_subsets(tmp_path, pretraining_folder):
     smallest = int(counts.argmin())
     with pytest.raises(ValueError, match=rf"class '\w+' \(label {smallest}\) has only {int(counts.min())} examples"):
         probe_main(cifar_args(folder, tmp_path, "--samples_per_class", str(int(counts.min()) + 1)))
+
+
+def test_stratified_folds_partition_every_class_evenly():
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2] * 7)
+    folds = stratified_folds(labels, 5, seed=3)
+    assert torch.cat(folds).sort().values.tolist() == list(range(27))  # a partition: every example once
+    assert sorted(len(fold) for fold in folds) == [5, 5, 5, 6, 6]
+    for fold in folds:
+        counts = torch.bincount(labels[fold], minlength=3).tolist()
+        assert counts[:2] == [2, 2] and counts[2] in (1, 2)
+    assert all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=3)))
+    assert not all(torch.equal(a, b) for a, b in zip(folds, stratified_folds(labels, 5, seed=4)))
+    for num_folds in (1, 28):
+        with pytest.raises(ValueError, match=f"Cannot cut 27 examples into {num_folds} folds"):
+            stratified_folds(labels, num_folds, seed=0)
+
+
+def test_sweep_by_cross_validation_scores_every_training_example_once():
+    """At 10 examples per class, a 10% held-out part is one example per class; 5 folds validate on all 100. The
+    table is the count of correct held-out predictions over the folds, each fold's probes fitted on the rest."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(100) % 10
+    features = torch.randn(100, 16, generator=generator) + 0.8 * torch.nn.functional.one_hot(labels, 16).float()
+    decays = [1e-4, 1e-1, 10.0]
+
+    def fit(train, train_labels, settings):
+        return [fit_logistic_regression(train, train_labels, 10, setting["weight_decay"], 50) for setting in settings]
+
+    settings = [{"weight_decay": value} for value in decays]
+    single = sweep_and_refit(fit, settings, features, labels, features, 0.1, seed=0)
+    assert (single.num_validation, single.num_fit, single.num_folds) == (10, 90, 1)
+
+    folded = sweep_and_refit(fit, settings, features, labels, features, 0.1, seed=0, num_folds=5)
+    assert (folded.num_validation, folded.num_fit, folded.num_folds) == (100, 80, 5)
+    correct = [0] * len(decays)
+    for fold in stratified_folds(labels, 5, seed=0):
+        rest = torch.ones(100, dtype=torch.bool)
+        rest[fold] = False
+        fit_features, held_out = standardise(features[rest], features[fold])
+        for index, probe in enumerate(fit(fit_features, labels[rest], settings)):
+            correct[index] += (probe(held_out).argmax(dim=1) == labels[fold]).sum().item()
+    assert [row["validation_top1"] for row in folded.table] == [count / 100 for count in correct]
+    assert folded.chosen == settings[max(range(len(decays)), key=lambda index: correct[index])]
 
 
 def test_top_k_accuracy_metric():

@@ -44,6 +44,11 @@ def test_quality_benchmark_end_to_end(tmp_path):
         for key in ("linear_top1", "lowshot_top1", "knn_top1"):
             assert 0.0 <= row[key] <= 1.0, (row["method"], key)
         assert row["probe_eval_examples"] == 100 and row["lowshot_train_examples"] == 10 * 10
+        # The low-shot probe's L2 strength is chosen by 5-fold cross-validation over its 100 images.
+        lowshot = json.loads((tmp_path / "run" / "probes" / row["method"] / "probe_results_lowshot.json").read_text())
+        assert row["lowshot_sweep_folds"] == 5 and lowshot["linear_probe"]["num_validation"] == 100
+        assert [entry["weight_decay"] for entry in lowshot["linear_probe"]["sweep"]] == row["lowshot_weight_decays"]
+        assert max(row["lowshot_weight_decays"]) == 100.0
     for row in written[:2]:
         assert 0 < row["steps"] <= row["planned_steps"] and row["images_seen"] == 32 * row["steps"]
         assert row["calibrated_images_per_second"] > 0 and row["device"] == "cpu"

@@ -93,6 +93,12 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation_fraction", type=float, default=0.1, help="Held out of the training split for the sweep."
     )
     probe.add_argument(
+        "--sweep_folds", type=int, default=1,
+        help="Above 1: choose the probes' settings by stratified k-fold cross-validation over the training split "
+        "(every example held out once) instead of one part of --validation_fraction; for low-shot subsets, where "
+        "that part is a few examples.",
+    )
+    probe.add_argument(
         "--linear_weight_decays",
         type=float,
         nargs="+",
@@ -164,6 +170,8 @@ def check_args(args: argparse.Namespace) -> None:
     """Raise `ValueError` on values the parser cannot reject by type alone."""
     if not 0 < args.validation_fraction < 1:
         raise ValueError(f"--validation_fraction must lie in (0, 1), got {args.validation_fraction}.")
+    if args.sweep_folds < 1:
+        raise ValueError(f"--sweep_folds must be positive, got {args.sweep_folds}.")
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         raise ValueError(f"--label_fraction must lie in (0, 1], got {args.label_fraction}.")
     if args.samples_per_class is not None and args.samples_per_class < 1:

@@ -18,7 +18,8 @@ Probes: on mean-pooled features, L2-regularised logistic regression (L-BFGS to c
 on video tokens, also the V-JEPA attentive probe (AdamW, learning rate x weight decay swept). Video clips have the
 encoder's training length and frame size, center-cropped (V-JEPA 2: after the resize of its exported video
 processor, so that the features are those stock transformers gives). The setting is chosen
-on a stratified held-out part of the training split (never on the eval split), refit on the whole training split
+on a stratified held-out part of the training split, or by stratified k-fold cross-validation over it
+(`--sweep_folds`, for low-shot subsets), never on the eval split; it is refit on the whole training split
 and evaluated once on the eval split; a weighted kNN runs on the same features. Results go to
 `--output_dir/probe_results.json` and, for a local model folder with a `README.md` model card (and trained weights,
 not `--random_init`), into the card's model-index, with how much of each split was used and, when a chosen setting
@@ -185,6 +186,7 @@ def swept_probe_results(name: str, outcome: SweepResult, eval_labels: torch.Tens
         "at_sweep_edge": outcome.at_edge,
         "num_fit": outcome.num_fit,
         "num_validation": outcome.num_validation,
+        "num_folds": outcome.num_folds,
     }
     for hyperparameter, note in sweep_edge_notes(details).items():
         logger.warning(
@@ -216,6 +218,7 @@ def run_probes(
                 swept.eval_features,
                 args.validation_fraction,
                 args.seed,
+                args.sweep_folds,
             )
         results |= swept_probe_results(name, outcome, evaluation.labels)
     with timed(timings, "knn_s"):
@@ -241,7 +244,11 @@ def log_summary(results: dict) -> None:
             continue
         details = results[f"{probe}_probe"]
         if details["sweep"]:
-            lines.append(f"  {probe} probe sweep (validation top-1 on {details['num_validation']} held-out examples):")
+            folds = details.get("num_folds", 1)
+            held_out = f"{folds}-fold cross-validation, " if folds > 1 else ""
+            lines.append(
+                f"  {probe} probe sweep (validation top-1, {held_out}{details['num_validation']} held-out examples):"
+            )
         lines += [
             "    "
             + "  ".join(f"{name} {value:<8g}" for name, value in row.items() if name != "validation_top1")
@@ -331,6 +338,7 @@ def results_record(
         "features": features_record(args, extracted),
         "low_shot": {"samples_per_class": args.samples_per_class, "label_fraction": args.label_fraction},
         "validation_fraction": args.validation_fraction,
+        "sweep_folds": args.sweep_folds,
         "probe_training": probe_training_description(args),
         **probe_results,
         "knn": {"k": args.knn_k, "temperature": args.knn_temperature, "votes": "exp(cosine similarity / temperature)"},

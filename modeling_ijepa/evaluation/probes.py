@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Probes on frozen features: L2-regularised logistic regression (L-BFGS), the attentive probe, and the sweep that
-chooses their setting on a held-out part of the training split and refits on all of it."""
+chooses their setting on a held-out part of the training split (or by k-fold cross-validation) and refits on all of
+it."""
 
 import logging
 import math
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling_ijepa.evaluation.subsets import complement, stratified_sample
+from modeling_ijepa.evaluation.subsets import complement, stratified_folds, stratified_sample
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +149,10 @@ def probe_scores(probe: nn.Module, features: torch.Tensor, batch_size: int = 102
 
 @dataclass
 class SweepResult:
-    """Outcome of `sweep_and_refit`: the validation table, the chosen setting, the eval-split scores, and
-    `at_edge`: each hyperparameter whose chosen value is the lowest or highest of the values swept (see
-    `sweep_edges`)."""
+    """Outcome of `sweep_and_refit`: the validation table, the chosen setting, how many examples each probe of the
+    sweep was fitted on (the mean over folds) and validated on (in all), the number of folds (1: one held-out part),
+    the eval-split scores, and `at_edge`: each hyperparameter whose chosen value is the lowest or highest of the
+    values swept (see `sweep_edges`)."""
 
     table: list[dict]
     chosen: dict
@@ -158,6 +160,7 @@ class SweepResult:
     num_validation: int
     scores: torch.Tensor
     at_edge: dict[str, str]
+    num_folds: int = 1
 
 
 def sweep_edges(settings: Sequence[dict], chosen: dict) -> dict[str, str]:
@@ -171,6 +174,20 @@ def sweep_edges(settings: Sequence[dict], chosen: dict) -> dict[str, str]:
     return edges
 
 
+def validation_splits(labels: torch.Tensor, validation_fraction: float, num_folds: int, seed: int) -> list[torch.Tensor]:
+    """The held-out parts a sweep validates on: one stratified part of `validation_fraction` (`num_folds` 1), or
+    the `num_folds` folds of a stratified k-fold cross-validation, which holds out every example once."""
+    if num_folds > 1:
+        return stratified_folds(labels, num_folds, seed)
+    validation = stratified_sample(labels, validation_fraction, seed, leave_at_least=1)
+    if len(validation) == 0:
+        raise ValueError(
+            "Cannot hold out examples to choose among several probe settings: every class has a single training "
+            "example. Give a single setting (one weight decay, and for the attentive probe one learning rate)."
+        )
+    return [validation]
+
+
 def sweep_and_refit(
     fit_probes: Callable[[torch.Tensor, torch.Tensor, list[dict]], list[nn.Module]],
     settings: Sequence[dict],
@@ -179,34 +196,37 @@ def sweep_and_refit(
     eval_features: torch.Tensor,
     validation_fraction: float,
     seed: int,
+    num_folds: int = 1,
 ) -> SweepResult:
-    """Choose a probe setting on a stratified held-out part of the training features, then refit on all of them
-    with that setting and score the eval features.
+    """Choose a probe setting on held-out parts of the training features, then refit on all of them with that
+    setting and score the eval features.
 
-    `fit_probes(features, labels, settings)` returns one trained probe per setting. Every setting is trained on
-    the rest of the training features (standardised with their own statistics) and scored by top-1 accuracy on
-    the held-out part; ties go to the earlier setting. With a single setting nothing is held out (and nothing is at
-    the edge of a sweep).
+    `fit_probes(features, labels, settings)` returns one trained probe per setting. The held-out parts are one
+    stratified part of `validation_fraction` or, with `num_folds` > 1, the folds of a stratified k-fold
+    cross-validation: a low-shot set of 10 examples per class leaves a single example per class to a 10% part,
+    too few to tell settings apart. For each part, every setting is trained on the rest of the training features
+    (standardised with their own statistics); its score is its top-1 accuracy over all the held-out examples. Ties
+    go to the earlier setting. With a single setting nothing is held out (and nothing is at the edge of a sweep).
     """
     settings = list(settings)
     table, chosen, num_fit, num_validation = [], settings[0], len(train_features), 0
     if len(settings) > 1:
-        validation = stratified_sample(train_labels, validation_fraction, seed, leave_at_least=1)
-        if len(validation) == 0:
-            raise ValueError(
-                "Cannot hold out examples to choose among several probe settings: every class has a single training "
-                "example. Give a single setting (one weight decay, and for the attentive probe one learning rate)."
-            )
-        fit = complement(validation, len(train_labels))
-        num_fit, num_validation = len(fit), len(validation)
-        fit_features, validation_features = standardise(train_features[fit], train_features[validation])
-        for probe, setting in zip(fit_probes(fit_features, train_labels[fit], settings), settings):
-            predictions = probe_scores(probe, validation_features).argmax(dim=1)
-            num_correct = (predictions == train_labels[validation]).sum().item()
-            table.append(setting | {"validation_top1": num_correct / len(validation)})
+        parts = validation_splits(train_labels, validation_fraction, num_folds, seed)
+        num_correct, fit_sizes = [0] * len(settings), []
+        for validation in parts:
+            fit = complement(validation, len(train_labels))
+            fit_sizes.append(len(fit))
+            fit_features, validation_features = standardise(train_features[fit], train_features[validation])
+            for index, probe in enumerate(fit_probes(fit_features, train_labels[fit], settings)):
+                predictions = probe_scores(probe, validation_features).argmax(dim=1)
+                num_correct[index] += (predictions == train_labels[validation]).sum().item()
+        num_fit, num_validation = round(sum(fit_sizes) / len(fit_sizes)), sum(len(part) for part in parts)
+        table = [setting | {"validation_top1": correct / num_validation} for setting, correct in zip(settings, num_correct)]
         best = max(range(len(table)), key=lambda row: table[row]["validation_top1"])  # the first of equal rows
         chosen = settings[best]
     train_features, eval_features = standardise(train_features, eval_features)
     (probe,) = fit_probes(train_features, train_labels, [chosen])
     scores = probe_scores(probe, eval_features)
-    return SweepResult(table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen))
+    return SweepResult(
+        table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen), num_folds if table else 1
+    )

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Subsets of a split: random caps, stratified held-out parts and low-shot subsets (N per class or a fraction)."""
+"""Subsets of a split: random caps, stratified held-out parts and folds, and low-shot subsets (N per class or a
+fraction)."""
 
 import logging
 from collections.abc import Sequence
@@ -31,6 +32,22 @@ def stratified_sample(labels: torch.Tensor, fraction: float, seed: int, leave_at
         count = min(max(1, round(fraction * len(members))), len(members) - leave_at_least)
         chosen.append(generator.choice(members, count, replace=False))
     return torch.from_numpy(np.sort(np.concatenate(chosen))).long()
+
+
+def stratified_folds(labels: torch.Tensor, num_folds: int, seed: int) -> list[torch.Tensor]:
+    """Seeded stratified partition of the examples into `num_folds` folds: every class is shuffled and dealt out
+    round-robin, continuing where the previous class stopped, so that each fold holds `n_c / num_folds` examples of
+    class c (give or take one) and the folds' sizes differ by at most one. Returns each fold's sorted indices."""
+    if not 2 <= num_folds <= len(labels):
+        raise ValueError(f"Cannot cut {len(labels)} examples into {num_folds} folds (at least 2, at most one per example).")
+    generator = np.random.default_rng(seed)
+    labels = labels.numpy()
+    folds, position = [[] for _ in range(num_folds)], 0
+    for label in np.unique(labels):
+        for index in generator.permutation(np.flatnonzero(labels == label)):
+            folds[position % num_folds].append(index)
+            position += 1
+    return [torch.tensor(sorted(fold), dtype=torch.long) for fold in folds]
 
 
 def samples_per_class_subset(
