@@ -7,7 +7,7 @@ The training split is cut once into 45,000 images to pretrain on and 5,000 held 
 `--work_dir`, a data set in Hub layout with splits `train` and `validation`). Each variant is the recipe
 `configs/cifar10_quality.yaml` with every option this ablation varies set as the reference has it (`OPTIONS_OFF`),
 then some of them on: the first round turns on one option at a time, the second adds one knob at a time to the
-first round's gain (the regulariser). Every run is pretrained for the same number of optimizer steps (a fixed
+first round's gain (the regulariser), the third one knob at a time to the recipe as it stands (`recipe+...`). Every run is pretrained for the same number of optimizer steps (a fixed
 budget of images, whatever the machine's speed) and ends with the package's own probe against random
 initialisation: linear probe and kNN on frozen mean-pooled features, fitted on 5,000 of the pretraining images and
 evaluated on the 5,000 held-out ones. Each variant runs once per `--seeds`; the table gives the mean and the spread
@@ -37,8 +37,10 @@ HELD_OUT = 5000
 # crops and probe features pinned, so that a change of the recipe does not move the ablation's baseline).
 OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "--num_mask_draws", "1",
                "--horizontal_flip", "0", "--ema_momentum", "0.996", "--learning_rate", "5e-4", "--num_targets", "4",
-               "--crop_scale", "0.3,1.0", "--probe_feature_layers", "1"]  # fmt: skip
+               "--crop_scale", "0.3,1.0", "--probe_feature_layers", "1", "--predictor_hidden_size", "96",
+               "--predictor_num_hidden_layers", "4", "--target_scale", "0.15,0.2"]  # fmt: skip
 VICREG = ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"]
+RECIPE_OPTIONS = ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04", "--probe_feature_layers", "4"]
 VARIANTS = {
     "options_off": [],
     "vicreg": VICREG,
@@ -57,6 +59,17 @@ VARIANTS = {
     "vicreg+crop_0.5": [*VICREG, "--crop_scale", "0.5,1.0"],
     # A probe option (ijepa#47): the mean-pooled features of the last 4 blocks, concatenated, for both encoders.
     "vicreg+probe_4_layers": [*VICREG, "--probe_feature_layers", "4"],
+    # Third round, on top of the recipe (the regulariser at 1.0 / 0.04 and the probe on the last 4 blocks): the
+    # second round's small gains, the predictor's width and depth, and the target blocks' scale on the 8x8 grid.
+    "recipe": RECIPE_OPTIONS,
+    "recipe+lr_1e-3": [*RECIPE_OPTIONS, "--learning_rate", "1e-3"],
+    "recipe+two_targets": [*RECIPE_OPTIONS, "--num_targets", "2"],
+    "recipe+crop_0.5": [*RECIPE_OPTIONS, "--crop_scale", "0.5,1.0"],
+    "recipe+predictor_width_192": [*RECIPE_OPTIONS, "--predictor_hidden_size", "192"],
+    "recipe+predictor_depth_2": [*RECIPE_OPTIONS, "--predictor_num_hidden_layers", "2"],
+    "recipe+predictor_depth_6": [*RECIPE_OPTIONS, "--predictor_num_hidden_layers", "6"],
+    # Blocks of 6-10 patches instead of 10-13: the context keeps more of the grid.
+    "recipe+target_scale_0.1": [*RECIPE_OPTIONS, "--target_scale", "0.1,0.15"],
 }
 METRICS = ("linear_top1", "knn_top1")
 
