@@ -7,8 +7,9 @@ The training split is cut once into 45,000 images to pretrain on and 5,000 held 
 `--work_dir`, a data set in Hub layout with splits `train` and `validation`). Each variant is the recipe
 `configs/cifar10_quality.yaml` with every option this ablation varies set as the reference has it (`OPTIONS_OFF`),
 then some of them on: the first round turns on one option at a time, the second adds one knob at a time to the
-first round's gain (the regulariser), the third one knob at a time to the recipe as it stands (`recipe+...`). Every run is pretrained for the same number of optimizer steps (a fixed
-budget of images, whatever the machine's speed) and ends with the package's own probe against random
+first round's gain (the regulariser), the third one knob at a time to the recipe as it stands (`recipe+...`).
+Every run is pretrained for the same number of optimizer steps (a fixed budget of images, whatever the machine's
+speed) and ends with the package's own probe against random
 initialisation: linear probe and kNN on frozen mean-pooled features, fitted on 5,000 of the pretraining images and
 evaluated on the 5,000 held-out ones. Each variant runs once per `--seeds`; the table gives the mean and the spread
 (min-max) over those runs, pretrained and random initialisation side by side.
@@ -40,7 +41,8 @@ OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "
                "--crop_scale", "0.3,1.0", "--probe_feature_layers", "1", "--predictor_hidden_size", "96",
                "--predictor_num_hidden_layers", "4", "--target_scale", "0.15,0.2"]  # fmt: skip
 VICREG = ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"]
-RECIPE_OPTIONS = ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04", "--probe_feature_layers", "4"]
+VICREG_X10 = ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"]
+RECIPE_OPTIONS = [*VICREG_X10, "--probe_feature_layers", "4"]
 VARIANTS = {
     "options_off": [],
     "vicreg": VICREG,
@@ -50,7 +52,7 @@ VARIANTS = {
     # encoder is still its random initialisation (the product of the momenta).
     "ema_0.99": ["--ema_momentum", "0.99"],
     # Second round, on top of the regulariser (the first round's one gain): one knob at a time.
-    "vicreg_x10": ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"],
+    "vicreg_x10": VICREG_X10,
     "vicreg+lr_1e-3": [*VICREG, "--learning_rate", "1e-3"],
     "vicreg+ema_0.99": [*VICREG, "--ema_momentum", "0.99"],
     # Two target blocks instead of four: the context keeps about twice the patches on the 8x8 grid.

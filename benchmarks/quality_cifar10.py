@@ -121,7 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--lowshot_sweep_folds", type=int, default=5,
         help="The low-shot probe chooses its L2 strength by this many-fold cross-validation over its labelled "
              "examples (1: one 10%% part, a single image per class at 10 per class).")
-    add("--lowshot_weight_decays", type=float, nargs="+", default=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
+    add("--lowshot_weight_decays", type=float, nargs="+",
+        default=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
         help="L2 strengths swept by the low-shot probe: wider upwards than the full-label default, whose "
              "strongest value (0.1) few labels chose for I-JEPA and MAE alike, at the edge of the sweep.")
     add("--feature_layers", type=int, default=None,

@@ -244,7 +244,7 @@ def log_summary(results: dict) -> None:
             continue
         details = results[f"{probe}_probe"]
         if details["sweep"]:
-            folds = details.get("num_folds", 1)
+            folds = details["num_folds"]
             held_out = f"{folds}-fold cross-validation, " if folds > 1 else ""
             lines.append(
                 f"  {probe} probe sweep (validation top-1, {held_out}{details['num_validation']} held-out examples):"

@@ -174,7 +174,9 @@ def sweep_edges(settings: Sequence[dict], chosen: dict) -> dict[str, str]:
     return edges
 
 
-def validation_splits(labels: torch.Tensor, validation_fraction: float, num_folds: int, seed: int) -> list[torch.Tensor]:
+def validation_splits(
+    labels: torch.Tensor, validation_fraction: float, num_folds: int, seed: int
+) -> list[torch.Tensor]:
     """The held-out parts a sweep validates on: one stratified part of `validation_fraction` (`num_folds` 1), or
     the `num_folds` folds of a stratified k-fold cross-validation, which holds out every example once."""
     if num_folds > 1:
@@ -209,9 +211,10 @@ def sweep_and_refit(
     go to the earlier setting. With a single setting nothing is held out (and nothing is at the edge of a sweep).
     """
     settings = list(settings)
-    table, chosen, num_fit, num_validation = [], settings[0], len(train_features), 0
+    table, chosen, num_fit, num_validation, num_parts = [], settings[0], len(train_features), 0, 1
     if len(settings) > 1:
         parts = validation_splits(train_labels, validation_fraction, num_folds, seed)
+        num_parts = len(parts)
         num_correct, fit_sizes = [0] * len(settings), []
         for validation in parts:
             fit = complement(validation, len(train_labels))
@@ -221,12 +224,12 @@ def sweep_and_refit(
                 predictions = probe_scores(probe, validation_features).argmax(dim=1)
                 num_correct[index] += (predictions == train_labels[validation]).sum().item()
         num_fit, num_validation = round(sum(fit_sizes) / len(fit_sizes)), sum(len(part) for part in parts)
-        table = [setting | {"validation_top1": correct / num_validation} for setting, correct in zip(settings, num_correct)]
+        table = [
+            setting | {"validation_top1": correct / num_validation} for setting, correct in zip(settings, num_correct)
+        ]
         best = max(range(len(table)), key=lambda row: table[row]["validation_top1"])  # the first of equal rows
         chosen = settings[best]
     train_features, eval_features = standardise(train_features, eval_features)
     (probe,) = fit_probes(train_features, train_labels, [chosen])
     scores = probe_scores(probe, eval_features)
-    return SweepResult(
-        table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen), num_folds if table else 1
-    )
+    return SweepResult(table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen), num_parts)

@@ -39,7 +39,9 @@ def stratified_folds(labels: torch.Tensor, num_folds: int, seed: int) -> list[to
     round-robin, continuing where the previous class stopped, so that each fold holds `n_c / num_folds` examples of
     class c (give or take one) and the folds' sizes differ by at most one. Returns each fold's sorted indices."""
     if not 2 <= num_folds <= len(labels):
-        raise ValueError(f"Cannot cut {len(labels)} examples into {num_folds} folds (at least 2, at most one per example).")
+        raise ValueError(
+            f"Cannot cut {len(labels)} examples into {num_folds} folds (at least 2, at most one per example)."
+        )
     generator = np.random.default_rng(seed)
     labels = labels.numpy()
     folds, position = [[] for _ in range(num_folds)], 0
