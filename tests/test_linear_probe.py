@@ -15,7 +15,7 @@ from modeling_ijepa.evaluation.arguments import parse_args
 from modeling_ijepa.evaluation.features import LabelledFeatures
 from modeling_ijepa.evaluation.knn import knn_scores
 from modeling_ijepa.evaluation.linear_probe import main as probe_main
-from modeling_ijepa.evaluation.linear_probe import run_probes
+from modeling_ijepa.evaluation.linear_probe import low_shot_training, run_probes
 from modeling_ijepa.evaluation.metrics import TopKAccuracy
 from modeling_ijepa.evaluation.probes import fit_logistic_regression, standardise, sweep_and_refit, sweep_edges
 from modeling_ijepa.evaluation.subsets import samples_per_class_subset, stratified_folds, stratified_sample
@@ -200,6 +200,19 @@ def test_low_shot_subsets(tmp_path, pretraining_folder):
     assert torch.bincount(labels[chosen], minlength=10).tolist() == [5] * 10
     torch.testing.assert_close(chosen, samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=0))
 
+    # Another subset seed draws other examples, for the same encoder: the random initialisation's weights follow
+    # --seed alone, so several draws probe one random encoder.
+    args = parse_args(cifar_args(folder, tmp_path, "--samples_per_class", "5", "--subset_seed", "1"))
+    positions = LabelledFeatures(torch.arange(len(labels)).float()[:, None], labels)  # each example's index
+    redrawn = low_shot_training(positions, [str(label) for label in range(10)], args)
+    other = samples_per_class_subset(labels, 5, [str(label) for label in range(10)], seed=1)
+    assert redrawn.features[:, 0].long().tolist() == other.tolist()
+    assert not torch.equal(other, chosen)
+    assert probe_main(cifar_args(folder, tmp_path, "--samples_per_class", "5", "--subset_seed", "1"))["low_shot"] == {
+        "samples_per_class": 5, "label_fraction": None, "subset_seed": 1
+    }
+    assert five_shot["low_shot"]["subset_seed"] == 0
+
     half = probe_main(cifar_args(folder, tmp_path, "--label_fraction", "0.5"))
     counts = torch.bincount(labels, minlength=10)
     expected = [max(1, round(0.5 * int(count))) for count in counts]
@@ -321,6 +334,7 @@ def test_model_card_gets_a_model_index_entry(tmp_path, pretraining_folder):
         (["--dataset_name", str(CIFAR10), "--eval_split", "validation"], r"No split `validation`.*\['train', 'test'\]"),
         (["--dataset_name", str(CIFAR10), "--label_column_name", "fine"], "No column `fine`"),
         (["--train_dir", "/no/such/folder"], "is not a folder"),
+        (["--subset_seed", "1"], "--subset_seed seeds a low-shot subset"),
     ],
 )
 def test_clear_errors(tmp_path, pretraining_folder, extra, message):

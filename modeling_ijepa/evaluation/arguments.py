@@ -131,6 +131,11 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     low_shot.add_argument(
         "--label_fraction", type=float, default=None, help="Low-shot: a stratified fraction of labels."
     )
+    probe.add_argument(
+        "--subset_seed", type=int, default=None,
+        help="Low-shot: seed of the labelled subset (default: --seed). Other values draw other labelled examples "
+             "for the same encoder, random initialisation included (--seed also seeds its weights).",
+    )
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +181,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--label_fraction must lie in (0, 1], got {args.label_fraction}.")
     if args.samples_per_class is not None and args.samples_per_class < 1:
         raise ValueError(f"--samples_per_class must be positive, got {args.samples_per_class}.")
+    if args.subset_seed is not None and args.samples_per_class is None and args.label_fraction is None:
+        raise ValueError("--subset_seed seeds a low-shot subset: give --samples_per_class or --label_fraction too.")
     if args.feature_layers < 1:
         raise ValueError(f"--feature_layers must be positive, got {args.feature_layers}.")
     if args.modality == "video" and (args.train_dir is None or args.validation_dir is None):

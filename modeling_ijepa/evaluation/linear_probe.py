@@ -274,10 +274,15 @@ def main(argv=None) -> dict:
     return probe(args, accelerator)
 
 
+def subset_seed(args: argparse.Namespace) -> int:
+    """The seed of the low-shot subset: `--subset_seed`, else `--seed`."""
+    return args.seed if args.subset_seed is None else args.subset_seed
+
+
 def low_shot_training(train: LabelledFeatures, class_names: list[str], args: argparse.Namespace) -> LabelledFeatures:
     """The training features the probes may use: all of them, or the low-shot subset (`--samples_per_class`,
     `--label_fraction`)."""
-    subset = low_shot_subset(train.labels, class_names, args.samples_per_class, args.label_fraction, args.seed)
+    subset = low_shot_subset(train.labels, class_names, args.samples_per_class, args.label_fraction, subset_seed(args))
     return train if subset is None else train.subset(subset)
 
 
@@ -336,7 +341,11 @@ def results_record(
         "class_names": list(data.class_names),
         "sizes": sizes_record(args, data, extracted, num_used),
         "features": features_record(args, extracted),
-        "low_shot": {"samples_per_class": args.samples_per_class, "label_fraction": args.label_fraction},
+        "low_shot": {
+            "samples_per_class": args.samples_per_class,
+            "label_fraction": args.label_fraction,
+            "subset_seed": subset_seed(args),
+        },
         "validation_fraction": args.validation_fraction,
         "sweep_folds": args.sweep_folds,
         "probe_training": probe_training_description(args),
