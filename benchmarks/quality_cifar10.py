@@ -14,8 +14,9 @@ each pretrained for the same wall-clock budget, then probed the same way.
    set to the number of steps that fit in the budget.
 3. Probes (`modeling_ijepa.evaluation.linear_probe`, what `run_linear_probe.py` runs): the I-JEPA target encoder,
    the MAE encoder, and the same architecture at random initialisation; linear probe (and kNN) on frozen
-   mean-pooled features with all training labels and with 10 labels per class, top-1 on the test split. The probe
-   chooses its hyperparameters on a held-out part of the training split; nothing here is chosen on the test split.
+   mean-pooled features with all training labels and with 10 labels per class (the mean over `--lowshot_draws`
+   seeded draws of those labels), top-1 on the test split. The probe chooses its hyperparameters on a held-out
+   part of the training split; nothing here is chosen on the test split.
 4. `--results_dir` (default `benchmarks/results`) receives `quality_cifar10.json` (one row per method),
    `quality_cifar10.md` (the table, for the README) and the pictures: loss curves of both methods, I-JEPA's
    collapse monitor, and the masks I-JEPA trains with drawn over CIFAR-10 images.
@@ -39,7 +40,8 @@ on ImageNet over 300 epochs), on a held-out 10% of the training split, 5-minute 
   patches once the targets are removed;
 - the data decoded once into memory and cropped per batch (`in_memory_data`), and bf16 products of the float32
   matrices (`matmul_precision: medium`, AMX on recent Intel CPUs, with eager attention): about 1.5 times the
-  images per second of the default path on 2 cores. MAE gets the same data path, precision and attention.
+  images per second of the default path on 2 cores. bf16 autocast on top (`mixed_precision: bf16`) gives
+  another 1.27x. MAE gets the same data path, precision and attention.
 
 On a CPU shared with other jobs, `--torch_threads 1`: two intra-op threads wait for each other whenever another
 process holds a core (measured on 2 cores under load: I-JEPA 13 images/s with two threads, 80 with one).
@@ -49,6 +51,7 @@ import argparse
 import json
 import logging
 import shutil
+import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -61,7 +64,7 @@ import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
 from benchmarks import mae_pretraining  # noqa: E402
-from benchmarks.common import machine, markdown_table  # noqa: E402
+from benchmarks.common import fresh_accelerator_state, machine, markdown_table  # noqa: E402
 from benchmarks.plot_masks import plot_recipe_masks  # noqa: E402
 from modeling_ijepa.cli import configure_logging  # noqa: E402
 from modeling_ijepa.evaluation import linear_probe  # noqa: E402
@@ -91,6 +94,10 @@ TUNING_NOTE = (
 # machine runs a little slower than during calibration.
 BUDGET_FILL = 0.95
 DATALOADER_PREFETCH_FACTOR = 2  # torch's default, which both pretraining scripts keep
+# Steps that calibration does not time: start-up and first allocations. The recipe's first ten steps run 1.25x
+# slower than the rest on 2 cores (0.46 against 0.36 s); timing from the third step on planned 4,166 steps of a
+# 30-minute run that then went at 0.35 s per step.
+UNTIMED_STEPS = 10
 TABLE_COLUMNS = [
     "method", "budget_minutes", "images_seen", "linear_top1", "lowshot_top1", "knn_top1", "steps", "device",
 ]
@@ -118,6 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--probe_train_samples", type=int, default=None, help="Probe on a subset of the training split (default: all).")
     add("--probe_eval_samples", type=int, default=None, help="Evaluate on a subset of the test split (default: all).")
     add("--lowshot_samples_per_class", type=int, default=10)
+    add("--lowshot_draws", type=int, default=5,
+        help="Low-shot subsets drawn per encoder (subset seeds 0, 1, ...); `lowshot_top1` is their mean. One draw "
+             "of 10 images per class moves an encoder's top-1 by 1-2 points (standard deviation over 5 draws).")
     add("--lowshot_sweep_folds", type=int, default=5,
         help="The low-shot probe chooses its L2 strength by this many-fold cross-validation over its labelled "
              "examples (1: one 10%% part, a single image per class at 10 per class).")
@@ -131,8 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--seed", type=int, default=0)
     add("--dataloader_num_workers", type=int, default=None, help="Default: the recipe's.")
     add("--torch_threads", type=int, default=None, help="Intra-op CPU threads (default: torch's, one per core).")
-    add("--calibration_steps", type=int, default=15,
-        help="Steps timed before each pretraining run (after 2 untimed ones, and 2 more per DataLoader worker).")
+    add("--calibration_steps", type=int, default=50,
+        help=f"Steps timed before each pretraining run (after {UNTIMED_STEPS} untimed ones, and 2 more per "
+             "DataLoader worker). 15 timed I-JEPA at 0.466 s per step, which then ran at 0.425 s and stopped after "
+             "26 of its 30 minutes.")
     add("--warmup_fraction", type=float, default=0.1, help="Learning-rate warmup, as a fraction of all steps.")
     add("--skip_pretraining", action="store_true",
         help="Probe the encoders a previous run left in --output_dir instead of pretraining again.")
@@ -147,8 +159,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 0 <= args.warmup_fraction < 1:
         parser.error("--warmup_fraction must lie in [0, 1).")
     # Checked here rather than by the probe, which runs after the whole pretraining budget.
-    if not 1 <= args.lowshot_sweep_folds <= args.lowshot_samples_per_class * 10:
-        parser.error("--lowshot_sweep_folds must lie between 1 and the number of low-shot images (10 classes).")
+    if args.lowshot_draws < 1:
+        parser.error("--lowshot_draws must be at least 1.")
+    if not 1 <= args.lowshot_sweep_folds <= args.lowshot_samples_per_class:
+        parser.error("--lowshot_sweep_folds must lie between 1 and --lowshot_samples_per_class, so that every fold "
+                     "holds an image of each class.")
     return args
 
 
@@ -201,7 +216,8 @@ def calibrate(method: str, argv: list[str], calibration_steps: int) -> tuple[flo
     times = []
     pretrainer = PRETRAINERS[method]
     workers = pretrainer.parse_args(argv + ["--max_train_steps", "1"]).dataloader_num_workers
-    untimed = 2 + DATALOADER_PREFETCH_FACTOR * workers
+    untimed = UNTIMED_STEPS + DATALOADER_PREFETCH_FACTOR * workers
+    fresh_accelerator_state()
     with RUN_RESOURCES:  # the calibration run's lock on its output folder ends with it
         state = pretrainer.train(
             pretrainer.parse_args(argv + ["--max_train_steps", str(untimed + calibration_steps)]),
@@ -224,6 +240,7 @@ def pretrain(method: str, argv: list[str], args, output_dir: Path) -> dict:
     steps = max(1, int(BUDGET_FILL * args.budget_minutes * 60 / step_seconds))
     logger.info(f"{method}: {step_seconds:.3f} s per step, so {steps} steps in {args.budget_minutes:g} minutes.")
     shutil.rmtree(output_dir, ignore_errors=True)  # a stale encoder must never be probed as this run's
+    fresh_accelerator_state()
     started = time.perf_counter()
     state = PRETRAINERS[method].main(argv + [
         "--output_dir", str(output_dir), "--max_train_steps", str(steps),
@@ -249,11 +266,13 @@ def write_random_init_config(ijepa, folder: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- probing
 
 
-def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None = None, random_init=False) -> dict:
+def probe(model_dir: Path, output_dir: Path, args, lowshot_draw: int | None = None, random_init=False) -> dict:
     """The linear probe (`run_linear_probe.py`'s) on one encoder folder: the benchmark's only contact with it.
+    With `lowshot_draw`, on the low-shot subset of that seed.
 
-    The full-label and low-shot runs of an encoder share `output_dir`, so the second reads the features the first
-    extracted from the probe's cache; each run's results are also kept as `probe_results_{full,lowshot}.json`."""
+    The full-label and low-shot runs of an encoder share `output_dir`, so the later ones read the features the first
+    extracted from the probe's cache; each run's results are also kept as `probe_results_full.json` and
+    `probe_results_lowshot_<draw>.json`."""
     argv = [
         "--model_name_or_path", str(model_dir), "--dataset_name", args.dataset_name, "--output_dir", str(output_dir),
         "--seed", str(args.seed), "--feature_layers", str(args.feature_layers), "--no_update_model_card",
@@ -264,13 +283,15 @@ def probe(model_dir: Path, output_dir: Path, args, samples_per_class: int | None
         argv += ["--max_train_samples", str(args.probe_train_samples)]
     if args.probe_eval_samples is not None:
         argv += ["--max_eval_samples", str(args.probe_eval_samples)]
-    if samples_per_class is not None:
-        argv += ["--samples_per_class", str(samples_per_class), "--sweep_folds", str(args.lowshot_sweep_folds),
+    if lowshot_draw is not None:
+        argv += ["--samples_per_class", str(args.lowshot_samples_per_class), "--subset_seed", str(lowshot_draw),
+                 "--sweep_folds", str(args.lowshot_sweep_folds),
                  "--linear_weight_decays", *map(str, args.lowshot_weight_decays)]
     if random_init:
         argv.append("--random_init")
+    fresh_accelerator_state()  # the probe's own precision (float32), not that of the pretraining before it
     results = linear_probe.main(argv)
-    name = "full" if samples_per_class is None else "lowshot"
+    name = "full" if lowshot_draw is None else f"lowshot_{lowshot_draw}"
     shutil.copyfile(output_dir / "probe_results.json", output_dir / f"probe_results_{name}.json")
     return results
 
@@ -282,20 +303,24 @@ def probe_method(method: str, model_dir: Path, args) -> dict:
     random_init = method == "random"
     try:
         full = probe(model_dir, output_dir, args, random_init=random_init)
-        lowshot = probe(model_dir, output_dir, args, args.lowshot_samples_per_class, random_init=random_init)
+        draws = range(args.lowshot_draws)
+        lowshot = [probe(model_dir, output_dir, args, draw, random_init=random_init) for draw in draws]
     except Exception as error:
         logger.exception(f"Probing {method} ({model_dir}) failed.")
         error_text = f"{type(error).__name__}: {error}"
         return {"linear_top1": None, "lowshot_top1": None, "knn_top1": None, "probe_error": error_text}
     return {
         "linear_top1": full["linear_top1"],
-        "lowshot_top1": lowshot["linear_top1"],
+        "lowshot_top1": round(statistics.mean(draw["linear_top1"] for draw in lowshot), 4),
+        "lowshot_top1_draws": [draw["linear_top1"] for draw in lowshot],
         "knn_top1": full["knn_top1"],
-        "lowshot_knn_top1": lowshot["knn_top1"],
+        "lowshot_knn_top1": round(statistics.mean(draw["knn_top1"] for draw in lowshot), 4),
         "probe_train_examples": full["sizes"]["train_used"],
-        "lowshot_train_examples": lowshot["sizes"]["train_used"],
+        "lowshot_train_examples": lowshot[0]["sizes"]["train_used"],
         "probe_eval_examples": full["sizes"]["eval"],
-        "probe_chosen": {"full": full["linear_probe"]["chosen"], "lowshot": lowshot["linear_probe"]["chosen"]},
+        "probe_chosen": {
+            "full": full["linear_probe"]["chosen"], "lowshot": [draw["linear_probe"]["chosen"] for draw in lowshot]
+        },
     }
 
 
@@ -424,7 +449,8 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
         f"Each method pretrained for {args.budget_minutes:g} minutes of wall-clock on `{rows[0]['device']}` "
         f"(ViT {ijepa.hidden_size}x{ijepa.num_hidden_layers}, {ijepa.patch_size}px patches at {ijepa.image_size}px). "
         f"Linear probe and kNN (k=20) on frozen mean-pooled features ({layers}): {probe_train} training images "
-        f"(`lowshot_top1`: {args.lowshot_samples_per_class} per class), top-1 on {probe_eval} test images; probe "
+        f"(`lowshot_top1`: {args.lowshot_samples_per_class} per class, the mean over {args.lowshot_draws} "
+        f"seeded draws of them), top-1 on {probe_eval} test images; probe "
         "hyperparameters chosen on a held-out part of the training split "
         f"(low-shot: {args.lowshot_sweep_folds}-fold cross-validation over its labelled images, L2 strengths "
         f"{min(args.lowshot_weight_decays):g} to {max(args.lowshot_weight_decays):g}). "
@@ -468,6 +494,7 @@ def main(argv=None) -> list[dict]:
         row |= probe_method(row["method"], model_dirs[row["method"]], args)
         row |= {
             "lowshot_per_class": args.lowshot_samples_per_class,
+            "lowshot_draws": args.lowshot_draws,
             "lowshot_sweep_folds": args.lowshot_sweep_folds,
             "lowshot_weight_decays": args.lowshot_weight_decays,
             "feature_layers": args.feature_layers,

@@ -32,7 +32,7 @@ def test_quality_benchmark_end_to_end(tmp_path):
     results_dir = tmp_path / "results"
     rows = quality_cifar10.main([
         "--budget_minutes", "0.1", "--calibration_steps", "3", "--dataset_name", str(require(CIFAR10)),
-        "--probe_train_samples", "200", "--probe_eval_samples", "100", "--feature_layers", "2",
+        "--probe_train_samples", "200", "--probe_eval_samples", "100", "--feature_layers", "2", "--lowshot_draws", "2",
         "--output_dir", str(tmp_path / "run"), "--results_dir", str(results_dir), *TINY,
     ])  # fmt: skip
 
@@ -45,8 +45,14 @@ def test_quality_benchmark_end_to_end(tmp_path):
             assert 0.0 <= row[key] <= 1.0, (row["method"], key)
         assert row["probe_eval_examples"] == 100 and row["lowshot_train_examples"] == 10 * 10
         # The low-shot probe's L2 strength is chosen by 5-fold cross-validation over its 100 images.
-        lowshot = json.loads((tmp_path / "run" / "probes" / row["method"] / "probe_results_lowshot.json").read_text())
+        probes = tmp_path / "run" / "probes" / row["method"]
+        lowshot = json.loads((probes / "probe_results_lowshot_0.json").read_text())
         assert row["lowshot_sweep_folds"] == 5 and lowshot["linear_probe"]["num_validation"] == 100
+        # `lowshot_top1` is the mean over the seeded draws of the labelled subset, each probed on one encoder.
+        draws = [json.loads((probes / f"probe_results_lowshot_{draw}.json").read_text()) for draw in (0, 1)]
+        assert [draw["low_shot"]["subset_seed"] for draw in draws] == [0, 1]
+        assert row["lowshot_top1_draws"] == [draw["linear_top1"] for draw in draws]
+        assert row["lowshot_top1"] == pytest.approx(sum(row["lowshot_top1_draws"]) / 2, abs=1e-4)
         assert [entry["weight_decay"] for entry in lowshot["linear_probe"]["sweep"]] == row["lowshot_weight_decays"]
         assert max(row["lowshot_weight_decays"]) == 100.0
     for row in written[:2]:
@@ -97,7 +103,8 @@ def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeyp
 
     def train(args, step_callback):
         for step in range(1, args.max_train_steps + 1):
-            clock["now"] += 0.01 if step <= 8 else 0.1  # buffered steps, then the data-bound rate
+            # buffered steps, then the data-bound rate
+            clock["now"] += 0.01 if step <= quality_cifar10.UNTIMED_STEPS + 6 else 0.1
             step_callback(None, None, step)
         steps_run.append(args.max_train_steps)
         return None, None, {"images_seen": 32 * args.max_train_steps, "global_step": args.max_train_steps}
@@ -105,7 +112,7 @@ def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeyp
     monkeypatch.setitem(quality_cifar10.PRETRAINERS, "ijepa", types.SimpleNamespace(parse_args=parse_args, train=train))
     monkeypatch.setattr(quality_cifar10, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
     step_seconds, images_per_second = quality_cifar10.calibrate("ijepa", [], calibration_steps=5)
-    assert steps_run == [2 + 2 * 3 + 5]
+    assert steps_run == [quality_cifar10.UNTIMED_STEPS + 2 * 3 + 5]
     assert step_seconds == pytest.approx(0.1) and images_per_second == pytest.approx(320)
 
 
@@ -119,6 +126,14 @@ def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
     mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa) + ["--max_train_steps", "1"])
     for name in ("in_memory_data", "max_in_memory_gib", "horizontal_flip", "crop_scale", "matmul_precision",
                  "attn_implementation", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
-                 "per_device_train_batch_size", "learning_rate"):
+                 "per_device_train_batch_size", "learning_rate", "mixed_precision"):
         assert getattr(mae, name) == getattr(ijepa, name), name
-    assert mae.in_memory_data and mae.matmul_precision == "medium"  # the recipe's, so the check above is not vacuous
+    # The recipe's, so the check above is not vacuous.
+    assert mae.in_memory_data and mae.matmul_precision == "medium" and mae.mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("folds", ["0", "11"])
+def test_lowshot_folds_must_each_hold_an_image_of_every_class(folds, capsys):
+    with pytest.raises(SystemExit):
+        quality_cifar10.parse_args(["--lowshot_samples_per_class", "10", "--lowshot_sweep_folds", folds])
+    assert "--lowshot_sweep_folds must lie between 1 and --lowshot_samples_per_class" in capsys.readouterr().err
