@@ -72,8 +72,8 @@ VARIANTS = {
     "recipe+predictor_depth_6": [*RECIPE_OPTIONS, "--predictor_num_hidden_layers", "6"],
     # Blocks of 6-10 patches instead of 10-13: the context keeps more of the grid.
     "recipe+target_scale_0.1": [*RECIPE_OPTIONS, "--target_scale", "0.1,0.15"],
-    # Fourth round, speed: Accelerate's bf16 autocast on top of the recipe's bf16 products (about 1.25x the steps
-    # per minute on 2 cores). Equal steps here, so it must not cost accuracy.
+    # Fourth round, speed: Accelerate's bf16 autocast on top of the recipe's bf16 products (1.27x the steps per
+    # minute on 2 cores). Equal steps here, so it must not cost accuracy.
     "recipe+bf16_autocast": [*RECIPE_OPTIONS, "--mixed_precision", "bf16"],
 }
 METRICS = ("linear_top1", "knn_top1")

@@ -95,8 +95,8 @@ TUNING_NOTE = (
 BUDGET_FILL = 0.95
 DATALOADER_PREFETCH_FACTOR = 2  # torch's default, which both pretraining scripts keep
 # Steps that calibration does not time: start-up and first allocations. The recipe's first ten steps run 1.25x
-# slower than the rest on 2 cores (0.46 against 0.36 s); timing from the third step on planned 4,166 steps of a
-# 30-minute run that then went at 0.35 s per step.
+# slower than the rest on 2 cores (0.46 against 0.36 s); timing 40 steps from the fifth on planned 4,166 steps
+# of a 30-minute run that then went at 0.35 s per step.
 UNTIMED_STEPS = 10
 TABLE_COLUMNS = [
     "method", "budget_minutes", "images_seen", "linear_top1", "lowshot_top1", "knn_top1", "steps", "device",
