@@ -26,7 +26,7 @@ from pathlib import Path
 
 from datasets import load_dataset
 
-from benchmarks.common import RESULTS, fresh_accelerator_state, machine, markdown_table
+from benchmarks.common import RESULTS, machine, markdown_table
 from modeling_ijepa.data.streaming import write_parquet_shards
 from modeling_ijepa.training.loop import RUN_RESOURCES
 from modeling_ijepa.training.pretraining import main as pretrain
@@ -111,7 +111,6 @@ def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, ste
     if finished_steps(output_dir) == steps:
         print(f"Reusing the finished run in {output_dir} (delete it to run it again).")
     else:
-        fresh_accelerator_state()  # variants may differ in mixed precision
         with RUN_RESOURCES:
             pretrain(argv)
     comparison = json.loads((output_dir / "probe" / "comparison.json").read_text())

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,13 +30,6 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def fresh_accelerator_state() -> None:
-    """Forget the process's Accelerate state before the next of several runs in one process (pretrainings,
-    probes). Accelerate keeps one state per process: it refuses a run that asks for another mixed precision, and
-    hands its own to a run that asks for none, so a probe after a bf16 pretraining would extract in bf16 too."""
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def median_seconds(function, repeats: int, warmup: int = 1) -> float:

@@ -28,7 +28,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from modeling_ijepa.cli import configure_logging
+from modeling_ijepa.cli import configure_logging, scoped_accelerator_state
 from modeling_ijepa.data.pipeline import build_training_data
 from modeling_ijepa.data.skipping import check_data_was_usable
 from modeling_ijepa.hub.export import image_processor_for
@@ -139,6 +139,7 @@ def train(args: argparse.Namespace, step_callback=None):
     `wall_clock` (seconds) and `log_history` (the entries of `training_log.jsonl`).
 
     `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step."""
+    RUN_RESOURCES.enter_context(scoped_accelerator_state())
     accelerator = build_accelerator(args)
     set_seed(args.seed)
     output_dir = prepare_output_dir(args.output_dir, accelerator)

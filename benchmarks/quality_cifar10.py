@@ -64,7 +64,7 @@ import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
 from benchmarks import mae_pretraining  # noqa: E402
-from benchmarks.common import fresh_accelerator_state, machine, markdown_table  # noqa: E402
+from benchmarks.common import machine, markdown_table  # noqa: E402
 from benchmarks.plot_masks import plot_recipe_masks  # noqa: E402
 from modeling_ijepa.cli import configure_logging  # noqa: E402
 from modeling_ijepa.evaluation import linear_probe  # noqa: E402
@@ -217,7 +217,6 @@ def calibrate(method: str, argv: list[str], calibration_steps: int) -> tuple[flo
     pretrainer = PRETRAINERS[method]
     workers = pretrainer.parse_args(argv + ["--max_train_steps", "1"]).dataloader_num_workers
     untimed = UNTIMED_STEPS + DATALOADER_PREFETCH_FACTOR * workers
-    fresh_accelerator_state()
     with RUN_RESOURCES:  # the calibration run's lock on its output folder ends with it
         state = pretrainer.train(
             pretrainer.parse_args(argv + ["--max_train_steps", str(untimed + calibration_steps)]),
@@ -240,7 +239,6 @@ def pretrain(method: str, argv: list[str], args, output_dir: Path) -> dict:
     steps = max(1, int(BUDGET_FILL * args.budget_minutes * 60 / step_seconds))
     logger.info(f"{method}: {step_seconds:.3f} s per step, so {steps} steps in {args.budget_minutes:g} minutes.")
     shutil.rmtree(output_dir, ignore_errors=True)  # a stale encoder must never be probed as this run's
-    fresh_accelerator_state()
     started = time.perf_counter()
     state = PRETRAINERS[method].main(argv + [
         "--output_dir", str(output_dir), "--max_train_steps", str(steps),
@@ -289,7 +287,6 @@ def probe(model_dir: Path, output_dir: Path, args, lowshot_draw: int | None = No
                  "--linear_weight_decays", *map(str, args.lowshot_weight_decays)]
     if random_init:
         argv.append("--random_init")
-    fresh_accelerator_state()  # the probe's own precision (float32), not that of the pretraining before it
     results = linear_probe.main(argv)
     name = "full" if lowshot_draw is None else f"lowshot_{lowshot_draw}"
     shutil.copyfile(output_dir / "probe_results.json", output_dir / f"probe_results_{name}.json")

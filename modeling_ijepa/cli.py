@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """What every command of the package shares (pretraining, probing, conversion, the benchmarks): the one logging
-setup, and the `--help` format.
+setup, the `--help` format, and Accelerate's state scoped to the run that made it.
 
 Every command calls `configure_logging` once, before it logs, so that all of them print the same format. As in
 transformers' example scripts, the main process keeps `datasets` and `transformers` at warnings and the other
@@ -8,10 +8,12 @@ processes of a distributed run silence them to errors, so that a message is prin
 """
 
 import argparse
+import contextlib
 import logging
 
 import datasets
 import transformers
+from accelerate.state import AcceleratorState, PartialState
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -35,9 +37,30 @@ def float_pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+@contextlib.contextmanager
+def scoped_accelerator_state():
+    """Forget, when the block ends, the Accelerate state that a command made inside it.
+
+    Accelerate keeps one state per process, fixed by its first `Accelerator`: a later run in the same process that
+    asks for another mixed precision is refused, and one that asks for none is handed the earlier run's, so a probe
+    after a bf16 pretraining would extract its features in bf16 too. Commands called one after another in one
+    process (the benchmarks, a notebook) therefore each start from none. A state that existed before the block (the
+    caller's own `Accelerator`) is the caller's and is left as it is; so is the process-wide part (`PartialState`,
+    the device and process group) when only it existed.
+    """
+    made_partial_state = not PartialState._shared_state
+    made_state = not AcceleratorState._shared_state
+    try:
+        yield
+    finally:
+        if made_state:
+            # Accelerate's own test cases reset its state this way between runs; there is no public call for it.
+            AcceleratorState._reset_state(reset_partial_state=made_partial_state)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """`--help` keeps the description's and epilog's line breaks (they hold example commands) and shows every
     argument's default."""
 
 
-__all__ = ["LOG_FORMAT", "HelpFormatter", "configure_logging", "float_pair"]
+__all__ = ["LOG_FORMAT", "HelpFormatter", "configure_logging", "float_pair", "scoped_accelerator_state"]

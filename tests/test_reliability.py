@@ -574,6 +574,37 @@ def test_fp16_on_a_cpu_falls_back_to_float32_with_a_warning_and_the_card_says_so
     assert "| precision | no |" in (tmp_path / "README.md").read_text()
 
 
+def test_runs_in_one_process_each_start_from_their_own_accelerate_state(tmp_path, fresh_accelerator_state):
+    """A bf16 pretraining, then a float32 one, a probe and the MAE baseline, one after another in one process (as
+    the benchmarks run them): each run forgets the Accelerate state it made, so the next gets its own precision."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    from benchmarks import mae_pretraining
+    from modeling_ijepa.evaluation import linear_probe
+
+    run_pretraining.main(cifar_args(tmp_path / "bf16", "--max_train_steps", "1", "--mixed_precision", "bf16"))
+    assert "| precision | bf16 |" in (tmp_path / "bf16" / "README.md").read_text()
+    assert not AcceleratorState._shared_state and not PartialState._shared_state
+    run_pretraining.main(cifar_args(tmp_path / "fp32", "--max_train_steps", "1"))  # refused without the release
+    assert "| precision | no |" in (tmp_path / "fp32" / "README.md").read_text()
+    linear_probe.main(["--model_name_or_path", str(tmp_path / "bf16"), "--dataset_name", str(require(CIFAR10)),
+                       "--output_dir", str(tmp_path / "probe"), "--max_train_samples", "40",
+                       "--max_eval_samples", "20", "--linear_weight_decays", "0.1", "--no_update_model_card"])
+    assert not AcceleratorState._shared_state
+    mae_pretraining.main(["--dataset_name", str(require(CIFAR10)), "--max_train_samples", "32",
+                          "--per_device_train_batch_size", "16", "--image_size", "32", "--patch_size", "8",
+                          "--hidden_size", "32", "--num_hidden_layers", "1", "--num_attention_heads", "2",
+                          "--decoder_hidden_size", "16", "--decoder_num_hidden_layers", "1",
+                          "--decoder_num_attention_heads", "2", "--max_train_steps", "1", "--mixed_precision", "bf16",
+                          "--output_dir", str(tmp_path / "mae")])
+    assert not AcceleratorState._shared_state
+    # A state the caller made before a run is the caller's: the run uses it and leaves it.
+    callers = Accelerator(cpu=True)
+    run_pretraining.main(cifar_args(tmp_path / "inside", "--max_train_steps", "1"))
+    assert AcceleratorState._shared_state and callers.mixed_precision == "no" and callers.device.type == "cpu"
+
+
 def test_a_dataset_smaller_than_one_batch_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"The dataset has 8 examples, fewer than one batch \(16 per device"):
         run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "8"))

@@ -42,7 +42,7 @@ from accelerate.logging import get_logger
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modeling_ijepa.cli import configure_logging
+from modeling_ijepa.cli import configure_logging, scoped_accelerator_state
 from modeling_ijepa.evaluation.arguments import parse_args
 from modeling_ijepa.evaluation.encoders import FORWARD_ARGUMENTS, PREFIX_TOKENS, load_encoder, model_identity
 from modeling_ijepa.evaluation.features import (
@@ -267,11 +267,13 @@ def log_summary(results: dict) -> None:
 def main(argv=None) -> dict:
     """The `run_linear_probe.py` command: parse `argv`, probe, write `probe_results.json`; returns the results."""
     args = parse_args(argv)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    configure_logging(accelerator.is_local_main_process)
-    if accelerator.num_processes > 1:
-        raise ValueError("Probing runs on one process: launch it with `python`, not several `accelerate` processes.")
-    return probe(args, accelerator)
+    with scoped_accelerator_state():
+        accelerator = Accelerator(mixed_precision=args.mixed_precision)
+        configure_logging(accelerator.is_local_main_process)
+        if accelerator.num_processes > 1:
+            raise ValueError("Probing runs on one process: launch it with `python`, not several `accelerate` "
+                             "processes.")
+        return probe(args, accelerator)
 
 
 def subset_seed(args: argparse.Namespace) -> int:

@@ -44,8 +44,9 @@ logger = get_logger(__name__)
 # With `on_nonfinite_loss="skip"`, this many skipped batches in a row mean the run has diverged: stop it.
 MAX_CONSECUTIVE_NONFINITE = 10
 
-# What a run holds until it ends: the lock on its output folder and the preemption signal handlers. The entry point
-# releases them (`with RUN_RESOURCES:`); a process that ends otherwise releases them by ending.
+# What a run holds until it ends: the lock on its output folder, the preemption signal handlers and the Accelerate
+# state it made (`cli.scoped_accelerator_state`). The entry point releases them (`with RUN_RESOURCES:`), so that the
+# next run in the same process starts afresh; a process that ends otherwise releases them by ending.
 RUN_RESOURCES = contextlib.ExitStack()
 
 

@@ -11,6 +11,7 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 
+from modeling_ijepa.cli import scoped_accelerator_state
 from modeling_ijepa.data.pipeline import build_training_data
 from modeling_ijepa.data.skipping import check_data_was_usable
 from modeling_ijepa.hub.pretraining_card import card_contents
@@ -71,6 +72,7 @@ def train(args, step_callback=None):
     """Run pretraining; returns `(accelerator, model, state, card)` where card holds the model-card values.
 
     `step_callback(accelerator, unwrapped_model, step)` is called after every optimizer step and EMA update."""
+    RUN_RESOURCES.enter_context(scoped_accelerator_state())
     accelerator = build_accelerator(args)
     set_seed(args.seed)
     output_dir = prepare_output_dir(args.output_dir, accelerator)
