@@ -17,9 +17,11 @@ each pretrained for the same wall-clock budget, then probed the same way.
    mean-pooled features with all training labels and with 10 labels per class (the mean over `--lowshot_draws`
    seeded draws of those labels), top-1 on the test split. The probe chooses its hyperparameters on a held-out
    part of the training split; nothing here is chosen on the test split.
-4. `--results_dir` (default `benchmarks/results`) receives `quality_cifar10.json` (one row per method),
-   `quality_cifar10.md` (the table, for the README) and the pictures: loss curves of both methods, I-JEPA's
-   collapse monitor, and the masks I-JEPA trains with drawn over CIFAR-10 images.
+4. `--results_dir` (default `benchmarks/results`) receives `quality_cifar10.json` (one row per method and
+   `--seed`, beside the rows of earlier runs on other devices, budgets or seeds), `quality_cifar10.md` (the table
+   of every seed run on this device and budget, the goals per seed and, with several seeds, on their mean; for the
+   README) and the pictures of this run: loss curves of both methods, I-JEPA's collapse monitor, and the masks
+   I-JEPA trains with drawn over CIFAR-10 images.
 
 The recipe (`configs/cifar10_quality.yaml`), tuned for tiny images and a short budget (the paper's is for ViT-H/14
 on ImageNet over 300 epochs), on a held-out 10% of the training split, 5-minute runs:
@@ -99,7 +101,7 @@ DATALOADER_PREFETCH_FACTOR = 2  # torch's default, which both pretraining script
 # of a 30-minute run that then went at 0.35 s per step.
 UNTIMED_STEPS = 10
 TABLE_COLUMNS = [
-    "method", "budget_minutes", "images_seen", "linear_top1", "lowshot_top1", "knn_top1", "steps", "device",
+    "method", "seed", "budget_minutes", "images_seen", "linear_top1", "lowshot_top1", "knn_top1", "steps", "device",
 ]
 # Overrides of the recipe's model size and batch, for quick runs and the smoke test.
 SIZE_OVERRIDES = (
@@ -398,6 +400,30 @@ def goal_summary(rows: dict[str, dict]) -> str:
     return "\n".join(f"- {'met' if met else 'NOT met'}: {text}" for text, met in checks)
 
 
+def goals_over_seeds(rows: list[dict]) -> str:
+    """`goal_summary` for each seed of `rows` (the runs of one device and budget) and, with two or more seeds that
+    have all three methods, for the mean of their accuracies: one seed's luck moves a gap by about a point."""
+    by_seed = {}
+    for row in rows:
+        by_seed.setdefault(seed_of(row), {})[row["method"]] = row
+    if len(by_seed) == 1:
+        return goal_summary(next(iter(by_seed.values())))
+    parts = [f"Seed {seed}:\n{goal_summary(by_seed[seed])}" for seed in sorted(by_seed)]
+    complete = sorted(seed for seed, methods in by_seed.items() if set(METHODS) <= set(methods))
+    if len(complete) > 1:
+        mean = {
+            method: {
+                key: statistics.mean(by_seed[seed][method][key] for seed in complete)
+                for key in ("linear_top1", "lowshot_top1")
+            }
+            | {"lowshot_per_class": by_seed[complete[0]][method]["lowshot_per_class"]}
+            for method in METHODS
+        }
+        seeds = ", ".join(map(str, complete))
+        parts.append(f"Mean over seeds {seeds} (accuracies averaged, then compared):\n{goal_summary(mean)}")
+    return "\n\n".join(parts)
+
+
 def recipe_text(method: str, ijepa, warmup_fraction: float) -> str:
     warmup = f"{warmup_fraction:.0%} warmup, cosine"
     if method == "ijepa":
@@ -419,13 +445,18 @@ def recipe_text(method: str, ijepa, warmup_fraction: float) -> str:
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
 
 
+def seed_of(row: dict) -> int:
+    return row.get("seed", 0)  # rows written before the seed was recorded ran with the default, 0
+
+
 def run_key(row: dict) -> tuple:
-    return row["method"], row["device"], row["budget_minutes"]
+    return row["method"], row["device"], row["budget_minutes"], seed_of(row)
 
 
 def merge_with_earlier_runs(rows: list[dict], path: Path) -> list[dict]:
-    """The rows of earlier runs kept in `path`, then this run's `rows`. An earlier row of the same method, device
-    and budget is replaced; others stay, so that a GPU run's rows sit beside the CPU run's."""
+    """The rows of earlier runs kept in `path`, then this run's `rows`. An earlier row of the same method, device,
+    budget and seed is replaced; others stay, so that a GPU run's rows sit beside the CPU run's, and the runs of
+    several seeds side by side."""
     earlier = json.loads(path.read_text()) if path.is_file() else []
     if not isinstance(earlier, list):
         raise ValueError(f"{path} does not hold a list of result rows; move it away or pass another --results_dir.")
@@ -433,10 +464,21 @@ def merge_with_earlier_runs(rows: list[dict], path: Path) -> list[dict]:
     return [row for row in earlier if run_key(row) not in replaced] + rows
 
 
-def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
-    """`quality_cifar10.md`: the table, what it measures, the goal, the recipes and the pictures."""
+def write_table(rows: list[dict], all_rows: list[dict], args, ijepa, results_dir: Path) -> str:
+    """`quality_cifar10.md`: the table of this run's `rows` and of the other seeds' runs on the same device and
+    budget in `all_rows` (every row of the results file), what it measures, the goals, the recipes and the
+    pictures (of this run)."""
+    setting_of = {(row["device"], row["budget_minutes"]) for row in rows}
+    same_setting = sorted(
+        (row for row in all_rows if (row["device"], row["budget_minutes"]) in setting_of),
+        key=lambda row: (seed_of(row), METHODS.index(row["method"])),
+    )
     table = markdown_table(
-        [{key: percent(row[key]) if key.endswith("_top1") else row[key] for key in TABLE_COLUMNS} for row in rows],
+        [
+            {key: percent(row[key]) if key.endswith("_top1") else seed_of(row) if key == "seed" else row[key]
+             for key in TABLE_COLUMNS}
+            for row in same_setting
+        ],
         TABLE_COLUMNS,
     )
     probe_train = "all" if args.probe_train_samples is None else args.probe_train_samples
@@ -455,7 +497,7 @@ def write_table(rows: list[dict], args, ijepa, results_dir: Path) -> str:
     )
     recipes = "\n".join(f"- `{row['method']}`: {row['recipe']}" for row in rows)
     pictures = " ".join(f"![{title}]({name})" for title, name in PICTURES.items() if (results_dir / name).is_file())
-    text = "\n\n".join([table, setting, goal_summary({row["method"]: row for row in rows}), recipes, pictures])
+    text = "\n\n".join([table, setting, goals_over_seeds(same_setting), recipes, pictures])
     (results_dir / "quality_cifar10.md").write_text(text + "\n")
     return text
 
@@ -480,7 +522,7 @@ def main(argv=None) -> list[dict]:
 
     rows = []
     for method in args.methods:
-        row = {"method": method, "budget_minutes": args.budget_minutes}
+        row = {"method": method, "seed": args.seed, "budget_minutes": args.budget_minutes}
         if method in PRETRAINERS:
             row |= pretrain(method, argvs[method], args, model_dirs[method])
         else:
@@ -502,9 +544,10 @@ def main(argv=None) -> list[dict]:
 
     results_dir.mkdir(parents=True, exist_ok=True)
     results_path = results_dir / "quality_cifar10.json"
-    results_path.write_text(json.dumps(merge_with_earlier_runs(rows, results_path), indent=2) + "\n")
+    all_rows = merge_with_earlier_runs(rows, results_path)
+    results_path.write_text(json.dumps(all_rows, indent=2) + "\n")
     make_pictures(ijepa, model_dirs, args.methods, results_dir)
-    print(write_table(rows, args, ijepa, results_dir))
+    print(write_table(rows, all_rows, args, ijepa, results_dir))
     failed = [row["method"] for row in rows if "probe_error" in row]
     if failed:
         raise SystemExit(f"Probing failed for {failed}; see `probe_error` in {results_dir / 'quality_cifar10.json'}.")

@@ -61,7 +61,8 @@ def test_quality_benchmark_end_to_end(tmp_path):
     assert written[2]["images_seen"] == 0
 
     table = (results_dir / "quality_cifar10.md").read_text()
-    assert table.startswith("| method | budget_minutes | images_seen | linear_top1 | lowshot_top1 |")
+    assert all(row["seed"] == 0 for row in written)
+    assert table.startswith("| method | seed | budget_minutes | images_seen | linear_top1 | lowshot_top1 |")
     assert all(f"| {method} |" in table for method in ("ijepa", "mae", "random"))
     for name in ("loss_curves", "ijepa_collapse", "masks"):
         with Image.open(results_dir / f"quality_cifar10_{name}.png") as picture:
@@ -87,6 +88,35 @@ def test_results_keep_the_rows_of_runs_on_other_devices_and_budgets(tmp_path):
     path.write_text(json.dumps({"rows": []}))
     with pytest.raises(ValueError, match="does not hold a list of result rows"):
         quality_cifar10.merge_with_earlier_runs(rerun, path)
+
+
+def test_runs_of_several_seeds_sit_side_by_side_and_the_goals_are_judged_on_their_mean(tmp_path):
+    path = tmp_path / "quality_cifar10.json"
+    accuracies = {0: {"ijepa": (0.575, 0.284), "mae": (0.483, 0.235), "random": (0.454, 0.221)},
+                  1: {"ijepa": (0.601, 0.312), "mae": (0.497, 0.241), "random": (0.448, 0.219)}}
+
+    def run(seed):
+        return [{"method": method, "seed": seed, "device": "cpu", "budget_minutes": 30.0, "linear_top1": linear,
+                 "lowshot_top1": lowshot, "lowshot_per_class": 10}
+                for method, (linear, lowshot) in accuracies[seed].items()]
+
+    first = run(0)
+    del first[0]["seed"]  # a row written before the seed was recorded: seed 0, the default
+    path.write_text(json.dumps(first))
+    rows = quality_cifar10.merge_with_earlier_runs(run(1), path)
+    assert rows == first + run(1)
+    assert quality_cifar10.merge_with_earlier_runs(run(0), path) == run(0)  # the same seed again replaces its rows
+
+    report = quality_cifar10.goals_over_seeds(rows)
+    seed_0, seed_1, mean = report.split("\n\n")
+    assert seed_0 == "Seed 0:\n" + quality_cifar10.goal_summary({row["method"]: row for row in first})
+    assert seed_1 == "Seed 1:\n" + quality_cifar10.goal_summary({row["method"]: row for row in run(1)})
+    assert mean.startswith("Mean over seeds 0, 1 (accuracies averaged, then compared):\n")
+    ijepa, mae = (sum(accuracies[seed][method][0] for seed in (0, 1)) / 2 for method in ("ijepa", "mae"))
+    assert f"I-JEPA {100 * (ijepa - mae):+.1f} points over MAE with all labels" in mean
+    # One seed alone is reported as before, without a mean.
+    assert quality_cifar10.goals_over_seeds(run(1)) == quality_cifar10.goal_summary(
+        {row["method"]: row for row in run(1)})
 
 
 def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeypatch):
