@@ -28,6 +28,17 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Every test starts without an Accelerate state, as a new process would: Accelerate keeps one per process, and
+    a test that makes an `Accelerator` itself (not through a run, which forgets the state it made) would otherwise
+    hand its precision to the runs of later tests."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture
 def tiny_ijepa_config():
     from modeling_ijepa import IJepaConfig

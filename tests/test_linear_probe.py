@@ -409,9 +409,6 @@ def test_sweep_edges():
 
 
 def test_probe_warns_when_the_chosen_l2_strength_is_at_the_edge_of_the_sweep(caplog):
-    from accelerate import PartialState
-
-    PartialState()  # accelerate's logger needs it
     # Two well separated classes: every L2 strength classifies the held-out examples perfectly, and the tie goes to
     # the first one swept, the lowest.
     generator = torch.Generator().manual_seed(0)

@@ -557,24 +557,14 @@ def test_an_image_column_that_holds_no_images_is_a_clear_error(tmp_path):
         run_pretraining.main(cifar_args(tmp_path, "--image_column_name", "label"))
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """Accelerate keeps one state per process, fixed by the first `Accelerator`: start from none, leave none."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def test_fp16_on_a_cpu_falls_back_to_float32_with_a_warning_and_the_card_says_so(tmp_path, caplog, fresh_accelerator_state):
+def test_fp16_on_a_cpu_falls_back_to_float32_with_a_warning_and_the_card_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "1", "--mixed_precision", "fp16"))
     assert "--mixed_precision fp16 is not supported on cpu: training in float32" in caplog.text
     assert "| precision | no |" in (tmp_path / "README.md").read_text()
 
 
-def test_runs_in_one_process_each_start_from_their_own_accelerate_state(tmp_path, fresh_accelerator_state):
+def test_runs_in_one_process_each_start_from_their_own_accelerate_state(tmp_path):
     """A bf16 pretraining, then a float32 one, a probe and the MAE baseline, one after another in one process (as
     the benchmarks run them): each run forgets the Accelerate state it made, so the next gets its own precision."""
     from accelerate import Accelerator

@@ -2,14 +2,13 @@
 """Command-line arguments of the probe command (`run_linear_probe.py`)."""
 
 import argparse
+import logging
 from pathlib import Path
-
-from accelerate.logging import get_logger
 
 from modeling_ijepa.cli import HelpFormatter
 from modeling_ijepa.data.images import DIGITS_NAME
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)  # probing runs on one process
 
 
 PROBE_EXAMPLES = """examples:

@@ -3,10 +3,10 @@
 (converted on the fly), or a random initialisation of the same architecture."""
 
 import argparse
+import logging
 from pathlib import Path
 
 import torch
-from accelerate.logging import get_logger
 from transformers import AutoConfig, AutoModel, VJEPA2Model
 
 from modeling_ijepa.conversion.ijepa import convert_checkpoint
@@ -17,7 +17,7 @@ from modeling_ijepa.modeling_ijepa import IJepaModel
 from modeling_ijepa.modeling_vjepa import VJepaModel
 from modeling_ijepa.training.checkpointing import check_loaded_weights
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)  # probing runs on one process
 
 
 # Encoder classes for `--random_init`: ours with fixed sin-cos positions (stock transformers' `IJepaModel` would draw

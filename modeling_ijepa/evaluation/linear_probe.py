@@ -30,6 +30,7 @@ import argparse
 import functools
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.logging import get_logger
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -73,7 +73,7 @@ from modeling_ijepa.hub.probe_card import (
     sweep_edge_notes,
 )
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)  # probing runs on one process
 
 
 @dataclass

@@ -4,6 +4,7 @@ folders, with a shared class list."""
 
 import argparse
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import datasets
 import torch
-from accelerate.logging import get_logger
 from datasets import ClassLabel, DatasetDict, Value
 from torch.utils.data import Dataset, Subset, default_collate
 
@@ -32,7 +32,7 @@ from modeling_ijepa.hub.export import vjepa2_resize_size
 if TYPE_CHECKING:  # the video modules need the `video` extra, imported only when video is probed
     from modeling_ijepa.data.videos import VideoClipDataset
 
-logger = get_logger(__name__)
+logger = logging.getLogger(__name__)  # probing runs on one process
 
 
 @dataclass
