@@ -108,7 +108,7 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, 
 
     tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size",
             "16", "--predictor_num_hidden_layers", "1", "--predictor_num_attention_heads", "2",
-            "--per_device_train_batch_size", "32"]  # fmt: skip
+            "--per_device_train_batch_size", "32", "--probe_feature_layers", "1"]  # fmt: skip
     payload = ablation_cifar10.main([
         "--work_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"), "--max_images", "200",
         "--max_train_steps", "2", "--variants", "options_off", "vicreg", "--seeds", "0", "1", "--extra", *tiny,
@@ -123,13 +123,17 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, 
             assert (run["train_data"], run["eval_data"]) == ("train split, 160 images", "validation split, 40 images")
     log = (tmp_path / "vicreg-seed1" / "training_log.jsonl").read_text().splitlines()
     assert "regularisation_loss" in json.loads(log[0])  # the variant's option reached the run
+    assert json.loads(log[-1])["step"] == 2
     assert (tmp_path / "results" / "ablation_cifar10.md").read_text().startswith("| variant | runs |")
     # A later invocation with the same budget adds its variant to the earlier ones.
     payload = ablation_cifar10.main([
         "--work_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"), "--max_images", "200",
-        "--max_train_steps", "2", "--variants", "ema_0.99", "--seeds", "0", "1", "--extra", *tiny,
+        "--max_train_steps", "2", "--variants", "recipe+bf16+batch_256", "--seeds", "0", "1", "--extra", *tiny,
     ])
-    assert [row["variant"] for row in payload["rows"]] == ["options_off", "vicreg", "ema_0.99"]
+    assert [row["variant"] for row in payload["rows"]] == ["options_off", "vicreg", "recipe+bf16+batch_256"]
+    # A variant of another batch size runs the steps that take as long as the others' (0.6 x 2, rounded).
+    log = (tmp_path / "recipe+bf16+batch_256-seed1" / "training_log.jsonl").read_text().splitlines()
+    assert json.loads(log[-1])["step"] == 1
     # Started again on the same --work_dir (an interrupted ablation), the finished runs are read back, not retrained.
     monkeypatch.setattr(ablation_cifar10, "pretrain", lambda argv: pytest.fail("a finished run was trained again"))
     again = ablation_cifar10.main([
@@ -137,3 +141,28 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, 
         "--max_train_steps", "2", "--variants", "vicreg", "--seeds", "0", "1", "--extra", *tiny,
     ])
     assert again["runs"]["vicreg"] == payload["runs"]["vicreg"]
+
+
+def test_step_phases_times_every_phase_of_the_recipes_step_at_two_batch_sizes(tmp_path, monkeypatch):
+    import torch
+
+    from benchmarks import step_phases
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    tiny = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2", "--predictor_hidden_size",
+            "16", "--predictor_num_hidden_layers", "1", "--predictor_num_attention_heads", "2",
+            "--per_device_train_batch_size", "4", "--probe_feature_layers", "1"]  # fmt: skip
+    try:
+        payload = step_phases.main(["--repeats", "3", "--warmup", "1", "--output_name", "phases_tiny",
+                                    "--extra", *tiny])
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert json.loads((tmp_path / "phases_tiny.json").read_text()) == json.loads(json.dumps(payload))
+    recipe, doubled = payload["rows"]
+    assert (recipe["batch_size"], doubled["batch_size"]) == (4, 8)
+    for row in (recipe, doubled):
+        phases = [row[f"{phase}_s"] for phase in step_phases.PHASES]
+        assert all(seconds > 0 for seconds in phases)
+        # The phases tile the step: their medians add up to about the median step (medians need not add exactly).
+        assert 0.5 * row["step_s"] < sum(phases) < 1.5 * row["step_s"]
+    assert doubled["images_per_s_ratio"] > 0 and "images_per_s_ratio" not in recipe

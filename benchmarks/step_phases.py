@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where the CIFAR-10 recipe's training step spends its time, phase by phase, at its batch and at twice it.
+
+    python -m benchmarks.step_phases                 # writes benchmarks/results/step_phases.json
+
+One optimizer step of `configs/cifar10_quality.yaml` as the training loop runs it (its model, masks, bf16 products,
+bf16 autocast and eager attention), on random images (the data path is measured by in_memory_data.py): mask
+sampling, the model's forward (split by hooks into the target encoder, the context encoder, the predictor, and
+the rest: the loss and its regulariser), backward, AdamW and the EMA update. Two variants take turns step by step
+in one process, the order rotating every round: `recipe` (its batch of 128) and `batch_256`. Reported per
+variant: the median seconds of each phase, images per second, and for `batch_256` the median of per-round ratios
+of images per second against the recipe's.
+"""
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import interleaved_seconds, machine, per_round_ratios, write_results
+from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
+from modeling_ijepa.training.arguments import parse_args as parse_recipe
+from modeling_ijepa.training.models import build_model
+from modeling_ijepa.training.optimization import build_optimizer
+
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
+MODULES = ("target_encoder", "context_encoder", "predictor")
+PHASES = ("masks", *MODULES, "loss", "backward", "optimizer", "ema")
+
+
+class TimedStep:
+    """One variant's training step, callable; it keeps the seconds of every phase of every call in `phases`."""
+
+    def __init__(self, recipe: argparse.Namespace, batch_size: int):
+        torch.manual_seed(0)
+        self.model = build_model(recipe).train()
+        self.optimizer = build_optimizer(self.model, lr=recipe.learning_rate)
+        self.collator = build_mask_collator(recipe, input_grid(self.model.config), seed=0)
+        self.images = torch.randn(batch_size, 3, recipe.image_size, recipe.image_size)
+        self.autocast = recipe.mixed_precision == "bf16"
+        self.phases = {phase: [] for phase in PHASES}
+        self._module_seconds = {}
+        for name in MODULES:
+            module = getattr(self.model, name)
+            module.register_forward_pre_hook(self._start(name))
+            module.register_forward_hook(self._stop(name))
+
+    def _start(self, name):
+        def hook(module, inputs):
+            self._module_seconds[name] = -time.perf_counter()
+        return hook
+
+    def _stop(self, name):
+        def hook(module, inputs, output):
+            self._module_seconds[name] += time.perf_counter()
+        return hook
+
+    def __call__(self) -> None:
+        times = [time.perf_counter()]
+        context_indices, target_indices = self.collator.sample_indices(len(self.images))
+        times.append(time.perf_counter())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.model(self.images, context_indices, target_indices).loss
+        times.append(time.perf_counter())
+        loss.backward()
+        times.append(time.perf_counter())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter())
+        self.model.update_target_encoder(0.996)
+        times.append(time.perf_counter())
+        masks, forward, backward, optimizer, ema = (end - start for start, end in zip(times, times[1:]))
+        for name in MODULES:
+            self.phases[name].append(self._module_seconds[name])
+        self.phases["loss"].append(forward - sum(self._module_seconds.values()))
+        for phase, seconds in (("masks", masks), ("backward", backward), ("optimizer", optimizer), ("ema", ema)):
+            self.phases[phase].append(seconds)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30, help="Timed rounds (one step of each variant a round).")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="Untimed rounds first: the recipe's first steps run slower than the rest.")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="Further run_pretraining.py arguments for the recipe (e.g. smaller sizes for a test).")
+    parser.add_argument("--output_name", default="step_phases", help="Results file name in benchmarks/results.")
+    args = parser.parse_args(argv)
+    recipe = parse_recipe(["--config", str(RECIPE), *args.extra])
+    torch.set_float32_matmul_precision(recipe.matmul_precision or "highest")
+    batch = recipe.per_device_train_batch_size
+    steps = {"recipe": TimedStep(recipe, batch), "batch_256": TimedStep(recipe, 2 * batch)}
+    seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
+    rows = []
+    for name, step in steps.items():
+        timed = {phase: values[-args.repeats:] for phase, values in step.phases.items()}  # the warmup rounds dropped
+        images = len(step.images)
+        row = {"variant": name, "batch_size": images, "step_s": statistics.median(seconds[name]),
+               "images_per_s": images / statistics.median(seconds[name])}
+        row |= {f"{phase}_s": statistics.median(values) for phase, values in timed.items()}
+        if name != "recipe":
+            ratios = per_round_ratios([s / batch for s in seconds["recipe"]], [s / images for s in seconds[name]])
+            row["images_per_s_ratio"] = statistics.median(ratios)
+            row["images_per_s_ratio_quartiles"] = [ratios[len(ratios) // 4], ratios[(3 * len(ratios)) // 4]]
+        rows.append(row)
+        print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()
+                                        if isinstance(value, float)))
+    payload = {"machine": machine(), "recipe": "configs/cifar10_quality.yaml", "threads": torch.get_num_threads(),
+               "repeats": args.repeats, "warmup": args.warmup, "rows": rows}
+    write_results(args.output_name, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
