@@ -24,6 +24,7 @@ from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
 from modeling_ijepa.training.arguments import parse_args as parse_recipe
 from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import build_optimizer
+from modeling_ijepa.training.runtime import float32_matmul_precision
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
 MODULES = ("target_encoder", "context_encoder", "predictor")
@@ -89,10 +90,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_name", default="step_phases", help="Results file name in benchmarks/results.")
     args = parser.parse_args(argv)
     recipe = parse_recipe(["--config", str(RECIPE), *args.extra])
-    torch.set_float32_matmul_precision(recipe.matmul_precision or "highest")
     batch = recipe.per_device_train_batch_size
     steps = {"recipe": TimedStep(recipe, batch), "batch_256": TimedStep(recipe, 2 * batch)}
-    seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
+    with float32_matmul_precision(recipe.matmul_precision):  # as the training loop sets it, restored after
+        seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
     rows = []
     for name, step in steps.items():
         timed = {phase: values[-args.repeats:] for phase, values in step.phases.items()}  # the warmup rounds dropped
