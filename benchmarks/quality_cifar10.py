@@ -434,7 +434,7 @@ def recipe_text(method: str, ijepa, warmup_fraction: float) -> str:
             f"{schedule(ijepa.weight_decay, ijepa.final_weight_decay)}, predictor {ijepa.predictor_hidden_size}x"
             f"{ijepa.predictor_num_hidden_layers}, {ijepa.num_targets} targets {tuple(ijepa.target_scale)}, context "
             f"{tuple(ijepa.context_scale)}, VICReg weights {ijepa.variance_loss_weight:g} / "
-            f"{ijepa.covariance_loss_weight:g}{tuning_note}"
+            f"{ijepa.covariance_loss_weight:g}{target_layers_text(ijepa.target_average_layers)}{tuning_note}"
         )
     if method == "mae":
         return (
@@ -443,6 +443,10 @@ def recipe_text(method: str, ijepa, warmup_fraction: float) -> str:
             f"lr {ijepa.learning_rate:g} ({warmup}), weight decay 0.05, same data and augmentation as I-JEPA"
         )
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
+
+
+def target_layers_text(average_layers: int) -> str:
+    return "" if average_layers == 1 else f", targets the mean of the last {average_layers} blocks"
 
 
 def seed_of(row: dict) -> int:

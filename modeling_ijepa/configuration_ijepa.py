@@ -150,6 +150,9 @@ class IJepaConfig(StockIJepaConfig):
             over every context token of the batch. Not in the paper; 0 (off) reproduces it.
         covariance_loss_weight (`float`, defaults to 0.0): weight of a VICReg-style covariance term on the same
             tokens, `sum of squared off-diagonal covariances / D`. Not in the paper; 0 (off) reproduces it.
+        target_average_layers (`int`, defaults to 1): how many of the target encoder's last blocks make the target:
+            with K > 1 each block's output is layer-normed, the K are averaged and the mean is layer-normed again
+            (data2vec's targets). Not in the paper; 1 (the last block, after the final LayerNorm) reproduces it.
 
     The predictor's MLP has the same ratio to its width as the encoder's.
 
@@ -165,6 +168,7 @@ class IJepaConfig(StockIJepaConfig):
     predictor_num_attention_heads: int | None = None
     variance_loss_weight: float | int = 0.0
     covariance_loss_weight: float | int = 0.0
+    target_average_layers: int = 1
 
     def __post_init__(self, **kwargs):
         if self.predictor_num_attention_heads is None:
@@ -173,7 +177,7 @@ class IJepaConfig(StockIJepaConfig):
         # `validate()` wraps what it finds in `StrictDataclassClassValidationError`, which is no `ValueError`: the
         # checks run here first, so that a config that cannot make a model fails with a `ValueError` naming the field.
         self.validate_architecture()
-        self.validate_loss_weights()
+        self.validate_objective()
 
     def validate_architecture(self) -> None:
         """Part of `@strict`-powered validation: raise `ValueError` naming the first size that cannot make a model."""
@@ -181,11 +185,17 @@ class IJepaConfig(StockIJepaConfig):
         positive = (*VIT_SIZES, "intermediate_size", "num_channels")
         validate_sizes(vars(self), positive=positive, divisible=VIT_DIVISIBLE_SIZES)
 
-    def validate_loss_weights(self) -> None:
-        """Part of `@strict`-powered validation: the regulariser weights are not negative."""
+    def validate_objective(self) -> None:
+        """Part of `@strict`-powered validation: the regulariser weights are not negative, and the target averages
+        layers the encoder has."""
         for name in ("variance_loss_weight", "covariance_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if not 1 <= self.target_average_layers <= self.num_hidden_layers:
+            raise ValueError(
+                f"`target_average_layers` must be between 1 and the encoder's {self.num_hidden_layers} layers, got "
+                f"{self.target_average_layers!r}."
+            )
 
     @property
     def grid_size(self) -> tuple[int, int]:

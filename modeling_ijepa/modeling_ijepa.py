@@ -121,6 +121,22 @@ def encode_tokens(encoder, hidden_states: torch.Tensor, context_indices: torch.T
     return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
 
 
+def target_features(target_encoder: nn.Module, pixel_values: torch.Tensor, average_layers: int) -> torch.Tensor:
+    """pixel_values [B, C, H, W] -> the layer-normed features [B, N, D] that the predictor regresses.
+
+    With `average_layers=1` (the paper) the final output is layer-normed. With K > 1 the outputs of the last K
+    blocks (captured before the final LayerNorm) are each layer-normed, averaged, and the mean layer-normed again,
+    as data2vec builds its targets: the targets then carry what the earlier blocks encode as well, at the scale of
+    the paper's.
+    """
+    if average_layers == 1:
+        features = target_encoder(pixel_values).last_hidden_state
+        return F.layer_norm(features, features.shape[-1:])
+    block_outputs = target_encoder(pixel_values, output_hidden_states=True).hidden_states[-average_layers:]
+    mean = torch.stack([F.layer_norm(hidden, hidden.shape[-1:]) for hidden in block_outputs]).mean(dim=0)
+    return F.layer_norm(mean, mean.shape[-1:])
+
+
 def num_mask_draws(num_images: int, context_indices: torch.Tensor) -> int:
     """How many mask draws per image a batch holds: `N` when `context_indices` has `N * B` rows for `B` images.
 
@@ -445,10 +461,10 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         """pixel_values [B, C, H, W], target_indices [B * N, M, Kt] -> layer-normed targets [B * N, M, Kt, D].
 
         The target encoder runs once per image, whatever the number `N` of mask draws: the `N` rows of image `i`
-        (`i * N ... i * N + N - 1`) all gather from its features, with no copy of them.
+        (`i * N ... i * N + N - 1`) all gather from its features, with no copy of them. `target_features` says what
+        the features are (`config.target_average_layers`).
         """
-        features = self.target_encoder(pixel_values).last_hidden_state
-        features = F.layer_norm(features, (features.shape[-1],))
+        features = target_features(self.target_encoder, pixel_values, self.config.target_average_layers)
         num_rows, num_targets, target_length = target_indices.shape
         targets = gather_tokens(features, target_indices.reshape(pixel_values.shape[0], -1))
         return targets.view(num_rows, num_targets, target_length, -1)

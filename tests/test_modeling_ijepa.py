@@ -346,6 +346,35 @@ def test_regulariser_weights_are_saved_with_the_config(tiny_ijepa_config, tmp_pa
         regularised_config(tiny_ijepa_config, -1.0, 0.0)
 
 
+def test_averaged_target_layers_are_the_normed_mean_of_the_last_blocks(tiny_ijepa_config):
+    from torch.nn.functional import layer_norm
+
+    config = IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), "target_average_layers": 2})
+    model = IJepaForPreTraining(config).eval()
+    context, target = random_indices()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    # The two blocks of the tiny encoder, run by hand: each output layer-normed, averaged, layer-normed again.
+    encoder = model.target_encoder
+    hidden = encoder.embeddings(pixel_values)
+    normed = []
+    for layer in encoder.layers:
+        hidden = layer(hidden, None)
+        normed.append(layer_norm(hidden, hidden.shape[-1:]))
+    mean = (normed[0] + normed[1]) / 2
+    expected = layer_norm(mean, mean.shape[-1:])
+    flat = target.reshape(2, -1)
+    expected = torch.stack([expected[i, flat[i]] for i in range(2)]).view(*target.shape, -1)
+    torch.testing.assert_close(model(pixel_values, context, target).targets, expected)
+    # The default is the paper's: the final output (after the encoder's LayerNorm), layer-normed.
+    model.config.target_average_layers = 1
+    final = layer_norm(encoder(pixel_values).last_hidden_state, (config.hidden_size,))
+    expected = torch.stack([final[i, flat[i]] for i in range(2)]).view(*target.shape, -1)
+    torch.testing.assert_close(model(pixel_values, context, target).targets, expected)
+    assert tiny_ijepa_config.target_average_layers == 1
+    with pytest.raises(ValueError, match="`target_average_layers` must be between 1 and the encoder's 2 layers"):
+        IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), "target_average_layers": 3})
+
+
 def count_calls(module) -> list:
     calls = []
     module.register_forward_hook(lambda _module, args, _output: calls.append(args[0].shape[0]))

@@ -420,6 +420,20 @@ def test_a_run_with_several_mask_draws_per_image_trains(tmp_path):
         run_pretraining.parse_args(["--modality", "video", "--num_mask_draws", "2"])
 
 
+def test_a_run_with_averaged_target_layers_saves_them_and_refuses_what_the_encoder_lacks(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
+                                            "--target_average_layers", "2"))
+    assert state["global_step"] == 2
+    assert IJepaForPreTraining.from_pretrained(tmp_path / "pretraining").config.target_average_layers == 2
+    # The export is stock transformers' config, which has no such field.
+    assert "target_average_layers" not in json.loads((tmp_path / "config.json").read_text())
+    layers = TINY[TINY.index("--num_hidden_layers") + 1]
+    with pytest.raises(ValueError, match=f"--target_average_layers must be between 1 and the encoder's {layers}"):
+        run_pretraining.parse_args([*TINY, "--target_average_layers", str(int(layers) + 1)])
+    with pytest.raises(ValueError, match="--target_average_layers is an image"):
+        run_pretraining.parse_args(["--modality", "video", "--target_average_layers", "2"])
+
+
 def test_a_global_batch_size_sets_the_accumulation_for_the_number_of_processes(tmp_path):
     from modeling_ijepa.training.runtime import accumulation_for
 

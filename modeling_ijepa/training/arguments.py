@@ -144,6 +144,9 @@ def add_model_arguments(group) -> None:
     group.add_argument("--covariance_loss_weight", type=float, default=0.0,
                        help="Images: weight of a VICReg-style covariance term on the context encoder's output "
                             "(as in C-JEPA). 0 (off) reproduces the paper.")
+    group.add_argument("--target_average_layers", type=int, default=1,
+                       help="Images: the target is the mean of the target encoder's last K blocks, each layer-normed, "
+                            "layer-normed again (as in data2vec). 1 (the last block) reproduces the paper.")
 
 
 def add_masking_arguments(group) -> None:
@@ -428,6 +431,9 @@ def validate_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be >= 0, got {value}.")
     if args.num_mask_draws < 1:
         raise ValueError(f"--num_mask_draws must be >= 1, got {args.num_mask_draws}.")
+    if not 1 <= args.target_average_layers <= args.num_hidden_layers:
+        raise ValueError(f"--target_average_layers must be between 1 and the encoder's {args.num_hidden_layers} "
+                         f"layers (--num_hidden_layers), got {args.target_average_layers}.")
     if args.checkpointing_steps not in (None, "epoch") and not (
         str(args.checkpointing_steps).isdigit() and int(args.checkpointing_steps) > 0
     ):
@@ -449,7 +455,8 @@ def validate(args: argparse.Namespace) -> None:
     """Contradictions that would fail later, refused now with the argument's name."""
     validate_numbers(args)
     if args.modality == "video":
-        for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0)):
+        for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0),
+                          ("target_average_layers", 1)):
             if getattr(args, name) != off:
                 raise ValueError(f"--{name} is an image (I-JEPA) option: it is not available with --modality video.")
     if args.modality == "image" and args.architecture != "vjepa":

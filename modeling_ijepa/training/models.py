@@ -61,6 +61,10 @@ VJEPA2_FIELDS = {
 }
 
 
+# The pretraining objective's fields of an I-JEPA config: a run sets them even on a model it continues.
+IJEPA_OBJECTIVE_FIELDS = ("variance_loss_weight", "covariance_loss_weight", "target_average_layers")
+
+
 def model_type_of(args) -> str:
     """The model type a run trains: `ijepa` for images; for video `vjepa` or `vjepa2`, as --architecture says."""
     return "ijepa" if args.modality == "image" else args.architecture
@@ -68,13 +72,15 @@ def model_type_of(args) -> str:
 
 def build_model(args):
     """A new pretraining model with the size arguments, or the one saved at --model_name_or_path. An I-JEPA model
-    takes this run's loss weights (--variance_loss_weight, --covariance_loss_weight) either way."""
-    loss_weights = {name: getattr(args, name) for name in ("variance_loss_weight", "covariance_loss_weight")}
+    takes this run's training objective (--variance_loss_weight, --covariance_loss_weight, --target_average_layers)
+    either way."""
+    objective = {name: getattr(args, name) for name in IJEPA_OBJECTIVE_FIELDS}
     if args.model_name_or_path:
         model = load_pretraining_model(args)
         if model_type_of(args) == "ijepa":
-            for name, value in loss_weights.items():
+            for name, value in objective.items():
                 setattr(model.config, name, value)
+            model.config.validate_objective()
         return model
     model_type = model_type_of(args)
     config_class, model_class = PRETRAINING_CLASSES[model_type]
@@ -84,7 +90,7 @@ def build_model(args):
         fields["pred_num_attention_heads"] = args.predictor_num_attention_heads or args.num_attention_heads
         config = VJepa2Config(**fields)
     else:
-        extra = loss_weights if model_type == "ijepa" else {
+        extra = objective if model_type == "ijepa" else {
             "num_frames": args.num_frames, "tubelet_size": args.tubelet_size, "uniform_power": args.uniform_power,
         }
         config = config_class(
