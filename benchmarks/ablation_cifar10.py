@@ -45,6 +45,7 @@ OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "
 VICREG = ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"]
 VICREG_X10 = ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"]
 RECIPE_OPTIONS = [*VICREG_X10, "--probe_feature_layers", "4"]
+RECIPE_BF16 = [*RECIPE_OPTIONS, "--mixed_precision", "bf16"]  # the recipe as it stands since the fourth round
 VARIANTS = {
     "options_off": [],
     "vicreg": VICREG,
@@ -76,18 +77,16 @@ VARIANTS = {
     "recipe+target_scale_0.1": [*RECIPE_OPTIONS, "--target_scale", "0.1,0.15"],
     # Fourth round, speed: Accelerate's bf16 autocast on top of the recipe's bf16 products (1.27x the steps per
     # minute on 2 cores). Equal steps here, so it must not cost accuracy.
-    "recipe+bf16_autocast": [*RECIPE_OPTIONS, "--mixed_precision", "bf16"],
+    "recipe+bf16_autocast": RECIPE_BF16,
     # Fifth round, on top of the recipe as it stands (bf16 autocast on): batch 256, at equal time (below).
-    "recipe+bf16+batch_256": [*RECIPE_OPTIONS, "--mixed_precision", "bf16", "--per_device_train_batch_size", "256"],
+    "recipe+bf16+batch_256": [*RECIPE_BF16, "--per_device_train_batch_size", "256"],
     # Sixth round: the regulariser, the one lever that has helped so far (0.1 / 0.004 -> 1.0 / 0.04: +2.1 linear),
     # pushed further along the same line, its two weights in the same 25:1 ratio as VICReg's.
-    "recipe+bf16+vicreg_x3": [*RECIPE_OPTIONS, "--mixed_precision", "bf16", "--variance_loss_weight", "3.0",
-                              "--covariance_loss_weight", "0.12"],
-    "recipe+bf16+vicreg_x10": [*RECIPE_OPTIONS, "--mixed_precision", "bf16", "--variance_loss_weight", "10.0",
-                               "--covariance_loss_weight", "0.4"],
+    "recipe+bf16+vicreg_x3": [*RECIPE_BF16, "--variance_loss_weight", "3.0", "--covariance_loss_weight", "0.12"],
+    "recipe+bf16+vicreg_x10": [*RECIPE_BF16, "--variance_loss_weight", "10.0", "--covariance_loss_weight", "0.4"],
     # data2vec's targets: the mean of the target encoder's last K blocks (each layer-normed) instead of the last one.
-    "recipe+bf16+target_layers_2": [*RECIPE_OPTIONS, "--mixed_precision", "bf16", "--target_average_layers", "2"],
-    "recipe+bf16+target_layers_3": [*RECIPE_OPTIONS, "--mixed_precision", "bf16", "--target_average_layers", "3"],
+    "recipe+bf16+target_layers_2": [*RECIPE_BF16, "--target_average_layers", "2"],
+    "recipe+bf16+target_layers_3": [*RECIPE_BF16, "--target_average_layers", "3"],
 }
 # Variants that run a fraction of --max_train_steps: the steps that take as long as the others' on 2 CPU cores. A
 # step of batch 256 took 1.66x one of batch 128 in a first timing (0.72 against 0.43 s, bf16 autocast), hence 0.6;

@@ -121,6 +121,13 @@ def encode_tokens(encoder, hidden_states: torch.Tensor, context_indices: torch.T
     return BaseModelOutputWithPooling(last_hidden_state=sequence_output, pooler_output=sequence_output.mean(dim=1))
 
 
+def layer_normed_last_blocks(hidden_states: tuple[torch.Tensor, ...], num_layers: int) -> list[torch.Tensor]:
+    """An encoder's `hidden_states` (the embedding output, then one `[B, N, D]` per block, captured before the final
+    LayerNorm) -> the last `num_layers` block outputs, each layer-normed over channels without affine parameters (as
+    I-JEPA normalises its targets), so that outputs of several blocks enter a mean or a concatenation on one scale."""
+    return [F.layer_norm(hidden, hidden.shape[-1:]) for hidden in hidden_states[1:][-num_layers:]]
+
+
 def target_features(target_encoder: nn.Module, pixel_values: torch.Tensor, average_layers: int) -> torch.Tensor:
     """pixel_values [B, C, H, W] -> the layer-normed features [B, N, D] that the predictor regresses.
 
@@ -132,8 +139,8 @@ def target_features(target_encoder: nn.Module, pixel_values: torch.Tensor, avera
     if average_layers == 1:
         features = target_encoder(pixel_values).last_hidden_state
         return F.layer_norm(features, features.shape[-1:])
-    block_outputs = target_encoder(pixel_values, output_hidden_states=True).hidden_states[-average_layers:]
-    mean = torch.stack([F.layer_norm(hidden, hidden.shape[-1:]) for hidden in block_outputs]).mean(dim=0)
+    hidden_states = target_encoder(pixel_values, output_hidden_states=True).hidden_states
+    mean = torch.stack(layer_normed_last_blocks(hidden_states, average_layers)).mean(dim=0)
     return F.layer_norm(mean, mean.shape[-1:])
 
 
@@ -538,6 +545,7 @@ register_checkpoint_conversion_mapping(
 
 __all__ = [
     "EmaTargetEncoderMixin",
+    "layer_normed_last_blocks",
     "variance_covariance_loss",
     "IJepaPreTrainedModel",
     "IJepaModel",

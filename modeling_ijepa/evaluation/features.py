@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from modeling_ijepa.modeling_ijepa import layer_normed_last_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,10 @@ def select_tokens(outputs, feature_layers: int) -> torch.Tensor:
     """
     if feature_layers == 1:
         return outputs.last_hidden_state
-    block_outputs = outputs.hidden_states[1:]  # hidden_states[0] is the embedding output
-    if feature_layers > len(block_outputs):
-        raise ValueError(f"--feature_layers {feature_layers} exceeds the model's {len(block_outputs)} layers.")
-    return torch.cat([F.layer_norm(hidden, hidden.shape[-1:]) for hidden in block_outputs[-feature_layers:]], dim=-1)
+    num_blocks = len(outputs.hidden_states) - 1  # hidden_states[0] is the embedding output
+    if feature_layers > num_blocks:
+        raise ValueError(f"--feature_layers {feature_layers} exceeds the model's {num_blocks} layers.")
+    return torch.cat(layer_normed_last_blocks(outputs.hidden_states, feature_layers), dim=-1)
 
 
 @torch.no_grad()
