@@ -16,7 +16,9 @@ each pretrained for the same wall-clock budget, then probed the same way.
    the MAE encoder, and the same architecture at random initialisation; linear probe (and kNN) on frozen
    mean-pooled features with all training labels and with 10 labels per class (the mean over `--lowshot_draws`
    seeded draws of those labels), top-1 on the test split. The probe chooses its hyperparameters on a held-out
-   part of the training split; nothing here is chosen on the test split.
+   part of the training split; nothing here is chosen on the test split. `--probe_feature_normalisations
+   standardise unit_norm` lets it choose MSN's unit-norm features as well (with `--skip_pretraining`, on the
+   encoders of an earlier run).
 4. `--results_dir` (default `benchmarks/results`) receives `quality_cifar10.json` (one row per method and
    `--seed`, beside the rows of earlier runs on other devices, budgets or seeds), `quality_cifar10.md` (the table
    of every seed run on this device and budget, the goals per seed and, with several seeds, on their mean; for the
@@ -71,7 +73,9 @@ from benchmarks.plot_masks import plot_recipe_masks  # noqa: E402
 from modeling_ijepa.cli import configure_logging  # noqa: E402
 from modeling_ijepa.evaluation import linear_probe  # noqa: E402
 from modeling_ijepa.evaluation.features import describe_layers  # noqa: E402
+from modeling_ijepa.evaluation.probes import FEATURE_NORMALISATIONS  # noqa: E402
 from modeling_ijepa.hub.model_card import plot_training_curves  # noqa: E402
+from modeling_ijepa.hub.probe_card import linear_features_description  # noqa: E402
 from modeling_ijepa.training import arguments, pretraining  # noqa: E402
 from modeling_ijepa.training.loop import RUN_RESOURCES  # noqa: E402
 from modeling_ijepa.training.models import build_model  # noqa: E402
@@ -137,6 +141,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0],
         help="L2 strengths swept by the low-shot probe: wider upwards than the full-label default, whose "
              "strongest value (0.1) few labels chose for I-JEPA and MAE alike, at the edge of the sweep.")
+    add("--probe_feature_normalisations", nargs="+", choices=list(FEATURE_NORMALISATIONS), default=["standardise"],
+        help="Normalisations of the features that the linear probes (all labels and low-shot) choose among, on the "
+             "training split as their L2 strength (run_linear_probe.py --linear_feature_normalisations): "
+             "`standardise unit_norm` adds the unit-norm centred features of MSN's low-shot evaluation.")
     add("--feature_layers", type=int, default=None,
         help="Probe features from the last K layers, for every encoder alike (default: the recipe's "
              "probe_feature_layers).")
@@ -276,6 +284,7 @@ def probe(model_dir: Path, output_dir: Path, args, lowshot_draw: int | None = No
     argv = [
         "--model_name_or_path", str(model_dir), "--dataset_name", args.dataset_name, "--output_dir", str(output_dir),
         "--seed", str(args.seed), "--feature_layers", str(args.feature_layers), "--no_update_model_card",
+        "--linear_feature_normalisations", *args.probe_feature_normalisations,
     ]
     if args.dataloader_num_workers is not None:
         argv += ["--dataloader_num_workers", str(args.dataloader_num_workers)]
@@ -491,7 +500,8 @@ def write_table(rows: list[dict], all_rows: list[dict], args, ijepa, results_dir
     setting = (
         f"Each method pretrained for {args.budget_minutes:g} minutes of wall-clock on `{rows[0]['device']}` "
         f"(ViT {ijepa.hidden_size}x{ijepa.num_hidden_layers}, {ijepa.patch_size}px patches at {ijepa.image_size}px). "
-        f"Linear probe and kNN (k=20) on frozen mean-pooled features ({layers}): {probe_train} training images "
+        f"Linear probe and kNN (k=20) on frozen mean-pooled features ({layers}; linear probe on "
+        f"{linear_features_description(args.probe_feature_normalisations)}): {probe_train} training images "
         f"(`lowshot_top1`: {args.lowshot_samples_per_class} per class, the mean over {args.lowshot_draws} "
         f"seeded draws of them), top-1 on {probe_eval} test images; probe "
         "hyperparameters chosen on a held-out part of the training split "
@@ -543,6 +553,7 @@ def main(argv=None) -> list[dict]:
             "lowshot_sweep_folds": args.lowshot_sweep_folds,
             "lowshot_weight_decays": args.lowshot_weight_decays,
             "feature_layers": args.feature_layers,
+            "probe_feature_normalisations": args.probe_feature_normalisations,
             "recipe": recipe_text(row["method"], ijepa, args.warmup_fraction),
             "encoder": display_path(model_dirs[row["method"]]),
             "machine": machine(),

@@ -17,7 +17,13 @@ from modeling_ijepa.evaluation.knn import knn_scores
 from modeling_ijepa.evaluation.linear_probe import main as probe_main
 from modeling_ijepa.evaluation.linear_probe import low_shot_training, run_probes
 from modeling_ijepa.evaluation.metrics import TopKAccuracy
-from modeling_ijepa.evaluation.probes import fit_logistic_regression, standardise, sweep_and_refit, sweep_edges
+from modeling_ijepa.evaluation.probes import (
+    fit_logistic_regression,
+    standardise,
+    sweep_and_refit,
+    sweep_edges,
+    unit_norm_rows,
+)
 from modeling_ijepa.evaluation.subsets import samples_per_class_subset, stratified_folds, stratified_sample
 from modeling_ijepa.hub.export import save_encoder_for_transformers
 from modeling_ijepa.hub.probe_card import split_description
@@ -267,6 +273,50 @@ def test_sweep_by_cross_validation_scores_every_training_example_once():
     assert folded.chosen == settings[max(range(len(decays)), key=lambda index: correct[index])]
 
 
+
+def test_unit_norm_rows_centres_and_normalises_each_feature_vector():
+    generator = torch.Generator().manual_seed(0)
+    train, other = torch.randn(6, 5, generator=generator), torch.randn(3, 5, generator=generator)
+    normalised_train, normalised_other = unit_norm_rows(train, other)
+    for normalised in (normalised_train, normalised_other):
+        torch.testing.assert_close(normalised.mean(dim=1), torch.zeros(len(normalised)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(normalised.norm(dim=1), torch.ones(len(normalised)))
+    # Per example, unlike standardise: a vector's result depends on that vector only, not on its scale or offset.
+    (rescaled,) = unit_norm_rows(3 * other[:1] + 2)
+    torch.testing.assert_close(rescaled, normalised_other[:1])
+
+
+def test_sweep_over_normalisations_is_the_union_of_the_sweeps_of_each():
+    """Sweeping two feature normalisations validates every L2 strength under each, exactly as two single sweeps
+    would, chooses the best of all, and refits with the chosen normalisation."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    # Class information in two large channels, noise in many small ones: the normalisations disagree.
+    signal = 3 * torch.nn.functional.one_hot(labels, 2 + 1)[:, :2].float() + torch.randn(60, 2, generator=generator)
+    features = torch.cat([signal, 0.05 * torch.randn(60, 30, generator=generator)], dim=1)
+    settings = [{"weight_decay": value} for value in (1e-4, 1e-1, 10.0)]
+
+    def fit(train, train_labels, settings):
+        return [fit_logistic_regression(train, train_labels, 3, setting["weight_decay"], 50) for setting in settings]
+
+    def sweep(*normalisations):
+        return sweep_and_refit(fit, settings, features, labels, features, 0.2, 0, 5, normalisations)
+
+    both = sweep("standardise", "unit_norm")
+    single = {kind: sweep(kind) for kind in ("standardise", "unit_norm")}
+    expected = [row | {"features": kind} for kind in single for row in single[kind].table]
+    assert both.table == expected
+    best = max(range(len(expected)), key=lambda index: expected[index]["validation_top1"])
+    assert both.chosen == {key: value for key, value in expected[best].items() if key != "validation_top1"}
+    refit = sweep_and_refit(fit, [{"weight_decay": both.chosen["weight_decay"]}], features, labels, features, 0.2, 0,
+                            5, (both.chosen["features"],))  # fmt: skip
+    torch.testing.assert_close(both.scores, refit.scores)
+    assert both.at_edge == sweep_edges(settings, {"weight_decay": both.chosen["weight_decay"]})
+    # One normalisation is no choice: the table and the chosen setting do not name it.
+    assert "features" not in single["unit_norm"].chosen
+    with pytest.raises(ValueError, match="Unknown or no feature normalisations \\['whiten'\\]"):
+        sweep("standardise", "whiten")
+
 def test_top_k_accuracy_metric():
     metric = TopKAccuracy()
     scores = [
@@ -322,6 +372,14 @@ def test_model_card_gets_a_model_index_entry(tmp_path, pretraining_folder):
 
     probe_main(args)  # a rerun replaces its entries instead of adding more
     assert len(ModelCard.load(folder / "README.md").data.eval_results) == 2
+    # Two normalisations of the features: every L2 strength under each, and the card names the one chosen.
+    swept = probe_main(args + ["--linear_feature_normalisations", "standardise", "unit_norm"])
+    assert [(row["features"], row["weight_decay"]) for row in swept["linear_probe"]["sweep"]] == [
+        ("standardise", 1e-4), ("standardise", 1e-2), ("unit_norm", 1e-4), ("unit_norm", 1e-2)
+    ]  # fmt: skip
+    by_name = {result.metric_name: result for result in ModelCard.load(folder / "README.md").data.eval_results}
+    assert by_name["Linear probe top-1 accuracy"].metric_args["features"] == swept["linear_probe"]["chosen"]["features"]
+    assert len(by_name) == 2
     before = (folder / "README.md").read_text()
     probe_main(args + ["--no_update_model_card", "--samples_per_class", "2"])
     assert (folder / "README.md").read_text() == before

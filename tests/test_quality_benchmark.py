@@ -68,6 +68,22 @@ def test_quality_benchmark_end_to_end(tmp_path):
         with Image.open(results_dir / f"quality_cifar10_{name}.png") as picture:
             assert picture.width > 400 and picture.height > 200, name
 
+    # The same encoders probed again, the linear probes choosing between two feature normalisations as well.
+    reprobed = quality_cifar10.main([
+        "--budget_minutes", "0.1", "--dataset_name", str(require(CIFAR10)), "--skip_pretraining",
+        "--probe_train_samples", "200", "--probe_eval_samples", "100", "--feature_layers", "2", "--lowshot_draws", "1",
+        "--probe_feature_normalisations", "standardise", "unit_norm",
+        "--output_dir", str(tmp_path / "run"), "--results_dir", str(tmp_path / "normalised"), *TINY,
+    ])  # fmt: skip
+    for row in reprobed:
+        assert row["probe_feature_normalisations"] == ["standardise", "unit_norm"]
+        lowshot = json.loads((tmp_path / "run" / "probes" / row["method"] / "probe_results_lowshot_0.json").read_text())
+        assert [entry["features"] for entry in lowshot["linear_probe"]["sweep"]] == (
+            ["standardise"] * 9 + ["unit_norm"] * 9
+        )
+        assert row["probe_chosen"]["lowshot"][0]["features"] in ("standardise", "unit_norm")
+    assert "or unit-norm centred features" in (tmp_path / "normalised" / "quality_cifar10.md").read_text()
+
     # The MAE encoder is saved to be used whole: every patch kept.
     mae = AutoModel.from_pretrained(tmp_path / "run" / "mae")
     assert type(mae) is ViTMAEModel and mae.config.mask_ratio == 0.0

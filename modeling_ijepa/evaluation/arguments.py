@@ -7,6 +7,7 @@ from pathlib import Path
 
 from modeling_ijepa.cli import HelpFormatter
 from modeling_ijepa.data.images import DIGITS_NAME
+from modeling_ijepa.evaluation.probes import FEATURE_NORMALISATIONS
 
 logger = logging.getLogger(__name__)  # probing runs on one process
 
@@ -103,6 +104,15 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
         help="L2 strengths swept for the linear probe (logistic regression: mean cross-entropy + wd/2 * |W|^2).",
+    )
+    probe.add_argument(
+        "--linear_feature_normalisations",
+        nargs="+",
+        choices=list(FEATURE_NORMALISATIONS),
+        default=["standardise"],
+        help="How the linear probe's features are normalised; with several, the choice is part of its sweep. "
+        "standardise: every channel to zero mean and unit std over the training split. unit_norm: every feature "
+        "vector centred on its own mean and scaled to unit L2 norm, as in MSN's low-shot evaluation.",
     )
     probe.add_argument("--linear_max_iter", type=int, default=1000, help="L-BFGS iterations of the linear probe.")
     probe.add_argument(

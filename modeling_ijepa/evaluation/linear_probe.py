@@ -14,7 +14,8 @@ as `features_{train,eval}_<hash>.safetensors`; the hash covers the model files (
 the precision, so a rerun that changes none of them loads the cache (data files edited in place under the same path
 are not detected: use a new `--output_dir`). Low-shot subsets are drawn from the cached training features.
 
-Probes: on mean-pooled features, L2-regularised logistic regression (L-BFGS to convergence, the L2 strength swept);
+Probes: on mean-pooled features, L2-regularised logistic regression (L-BFGS to convergence, the L2 strength swept,
+and with several `--linear_feature_normalisations` the features' normalisation too);
 on video tokens, also the V-JEPA attentive probe (AdamW, learning rate x weight decay swept). Video clips have the
 encoder's training length and frame size, center-cropped (V-JEPA 2: after the resize of its exported video
 processor, so that the features are those stock transformers gives). The setting is chosen
@@ -142,6 +143,7 @@ class SweptProbe:
     settings: list[dict]
     train_features: torch.Tensor
     eval_features: torch.Tensor
+    normalisations: tuple[str, ...] = ("standardise",)
 
 
 def linear_probe(train: torch.Tensor, evaluation: torch.Tensor, num_classes: int, args, device) -> SweptProbe:
@@ -155,7 +157,8 @@ def linear_probe(train: torch.Tensor, evaluation: torch.Tensor, num_classes: int
             for setting in settings
         ]
 
-    return SweptProbe(fit, [{"weight_decay": value} for value in args.linear_weight_decays], train, evaluation)
+    settings = [{"weight_decay": value} for value in args.linear_weight_decays]
+    return SweptProbe(fit, settings, train, evaluation, tuple(args.linear_feature_normalisations))
 
 
 def attentive_probe(train: torch.Tensor, evaluation: torch.Tensor, num_classes: int, args, device) -> SweptProbe:
@@ -219,6 +222,7 @@ def run_probes(
                 args.validation_fraction,
                 args.seed,
                 args.sweep_folds,
+                swept.normalisations,
             )
         results |= swept_probe_results(name, outcome, evaluation.labels)
     with timed(timings, "knn_s"):
@@ -227,6 +231,11 @@ def run_probes(
     results["knn_top1"], results["knn_top5"] = accuracy["top1"], accuracy["top5"]
     results["timings"] = timings
     return results
+
+
+def setting_text(value: float | str) -> str:
+    """A swept value as the summary prints it: numbers in `g` format, named choices as they are."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def log_summary(results: dict) -> None:
@@ -251,11 +260,11 @@ def log_summary(results: dict) -> None:
             )
         lines += [
             "    "
-            + "  ".join(f"{name} {value:<8g}" for name, value in row.items() if name != "validation_top1")
+            + "  ".join(f"{name} {setting_text(value):<8}" for name, value in row.items() if name != "validation_top1")
             + f"  {percent(row['validation_top1'])}"
             for row in details["sweep"]
         ]
-        chosen = ", ".join(f"{name} {value:g}" for name, value in details["chosen"].items())
+        chosen = ", ".join(f"{name} {setting_text(value)}" for name, value in details["chosen"].items())
         accuracies = f"top-1 {percent(results[f'{probe}_top1'])}  top-5 {percent(results[f'{probe}_top5'])}"
         lines.append(f"  {probe:<14} {accuracies}  ({chosen})")
         lines += [f"  {'':<14} {note}: the sweep should be widened" for note in sweep_edge_notes(details).values()]

@@ -47,6 +47,17 @@ def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(tensor - mean) / std for tensor in (train, *others)]
 
 
+def unit_norm_rows(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Centre every feature vector (last dimension) on its own mean and scale it to unit L2 norm: the preprocessing
+    of MSN's low-shot logistic regression (cyanure's `preprocess(centering=True, normalize=True, columns=False)`),
+    by the I-JEPA authors. Unlike `standardise`, it keeps the relative scale of the channels, so an L2 penalty
+    favours the directions in which the features vary most."""
+    return [F.normalize(tensor - tensor.mean(dim=-1, keepdim=True), dim=-1) for tensor in tensors]
+
+
+FEATURE_NORMALISATIONS = {"standardise": standardise, "unit_norm": unit_norm_rows}
+
+
 def fit_logistic_regression(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -168,6 +179,8 @@ def sweep_edges(settings: Sequence[dict], chosen: dict) -> dict[str, str]:
     `settings` sweep, name -> edge. The best value may then lie outside the sweep, which should be widened."""
     edges = {}
     for name, value in chosen.items():
+        if isinstance(value, str):  # a choice among named options has no edges
+            continue
         swept = sorted({setting[name] for setting in settings})
         if len(swept) > 1 and value in (swept[0], swept[-1]):
             edges[name] = "lowest" if value == swept[0] else "highest"
@@ -199,6 +212,7 @@ def sweep_and_refit(
     validation_fraction: float,
     seed: int,
     num_folds: int = 1,
+    normalisations: Sequence[str] = ("standardise",),
 ) -> SweepResult:
     """Choose a probe setting on held-out parts of the training features, then refit on all of them with that
     setting and score the eval features.
@@ -206,30 +220,43 @@ def sweep_and_refit(
     `fit_probes(features, labels, settings)` returns one trained probe per setting. The held-out parts are one
     stratified part of `validation_fraction` or, with `num_folds` > 1, the folds of a stratified k-fold
     cross-validation: a low-shot set of 10 examples per class leaves a single example per class to a 10% part,
-    too few to tell settings apart. For each part, every setting is trained on the rest of the training features
-    (standardised with their own statistics); its score is its top-1 accuracy over all the held-out examples. Ties
-    go to the earlier setting. With a single setting nothing is held out (and nothing is at the edge of a sweep).
+    too few to tell settings apart. For each part, every setting is trained on the rest of the training features,
+    normalised by each of `normalisations` (names of `FEATURE_NORMALISATIONS`; `standardise` with the statistics of
+    that rest); its score is its top-1 accuracy over all the held-out examples. With several normalisations, the
+    choice among them is part of the sweep: each setting of the table and the chosen one carry it as `features`.
+    Ties go to the earlier setting (the first normalisation first). With a single candidate nothing is held out (and
+    nothing is at the edge of a sweep).
     """
-    settings = list(settings)
-    table, chosen, num_fit, num_validation, num_parts = [], settings[0], len(train_features), 0, 1
-    if len(settings) > 1:
+    unknown = sorted(set(normalisations) - set(FEATURE_NORMALISATIONS))
+    if unknown or not normalisations:
+        choices = ", ".join(FEATURE_NORMALISATIONS)
+        raise ValueError(f"Unknown or no feature normalisations {unknown}: choose one or more of {choices}.")
+    candidates = [(kind, setting) for kind in normalisations for setting in settings]
+    swept_normalisation = len(normalisations) > 1
+    named = [setting | {"features": kind} if swept_normalisation else setting for kind, setting in candidates]
+    table, best, num_fit, num_validation, num_parts = [], 0, len(train_features), 0, 1
+    if len(candidates) > 1:
         parts = validation_splits(train_labels, validation_fraction, num_folds, seed)
         num_parts = len(parts)
-        num_correct, fit_sizes = [0] * len(settings), []
+        num_correct, fit_sizes = [0] * len(candidates), []
         for validation in parts:
             fit = complement(validation, len(train_labels))
             fit_sizes.append(len(fit))
-            fit_features, validation_features = standardise(train_features[fit], train_features[validation])
-            for index, probe in enumerate(fit_probes(fit_features, train_labels[fit], settings)):
-                predictions = probe_scores(probe, validation_features).argmax(dim=1)
-                num_correct[index] += (predictions == train_labels[validation]).sum().item()
+            for kind in normalisations:
+                normalise = FEATURE_NORMALISATIONS[kind]
+                fit_features, validation_features = normalise(train_features[fit], train_features[validation])
+                indices = [index for index, (candidate_kind, _) in enumerate(candidates) if candidate_kind == kind]
+                probes = fit_probes(fit_features, train_labels[fit], [candidates[index][1] for index in indices])
+                for index, probe in zip(indices, probes):
+                    predictions = probe_scores(probe, validation_features).argmax(dim=1)
+                    num_correct[index] += (predictions == train_labels[validation]).sum().item()
         num_fit, num_validation = round(sum(fit_sizes) / len(fit_sizes)), sum(len(part) for part in parts)
         table = [
-            setting | {"validation_top1": correct / num_validation} for setting, correct in zip(settings, num_correct)
+            setting | {"validation_top1": correct / num_validation} for setting, correct in zip(named, num_correct)
         ]
         best = max(range(len(table)), key=lambda row: table[row]["validation_top1"])  # the first of equal rows
-        chosen = settings[best]
-    train_features, eval_features = standardise(train_features, eval_features)
-    (probe,) = fit_probes(train_features, train_labels, [chosen])
+    kind, setting = candidates[best]
+    train_features, eval_features = FEATURE_NORMALISATIONS[kind](train_features, eval_features)
+    (probe,) = fit_probes(train_features, train_labels, [setting])
     scores = probe_scores(probe, eval_features)
-    return SweepResult(table, chosen, num_fit, num_validation, scores, sweep_edges(settings, chosen), num_parts)
+    return SweepResult(table, named[best], num_fit, num_validation, scores, sweep_edges(named, named[best]), num_parts)

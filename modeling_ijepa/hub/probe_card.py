@@ -29,10 +29,18 @@ def sweep_edge_notes(details: dict) -> dict[str, str]:
     return notes
 
 
+def linear_features_description(normalisations: list[str]) -> str:
+    """"standardised features", or the normalisations the linear probe's sweep chose among."""
+    names = {"standardise": "standardised features", "unit_norm": "unit-norm centred features (as MSN's low-shot)"}
+    described = [names[kind] for kind in normalisations]
+    return described[0] if len(described) == 1 else f"{' or '.join(described)}, chosen with the L2 strength"
+
+
 def probe_training_description(args) -> dict:
+    features = linear_features_description(args.linear_feature_normalisations)
     description = {
-        "linear": "multinomial logistic regression on standardised features, full-batch L-BFGS from zero weights, "
-        f"at most {args.linear_max_iter} iterations; sweep over the L2 strength"
+        "linear": f"multinomial logistic regression on {features}, full-batch L-BFGS from zero weights, at most "
+        f"{args.linear_max_iter} iterations; sweep over the L2 strength"
     }
     if args.modality == "video":
         description["attentive"] = (
