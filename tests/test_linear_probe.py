@@ -273,7 +273,6 @@ def test_sweep_by_cross_validation_scores_every_training_example_once():
     assert folded.chosen == settings[max(range(len(decays)), key=lambda index: correct[index])]
 
 
-
 def test_unit_norm_rows_centres_and_normalises_each_feature_vector():
     generator = torch.Generator().manual_seed(0)
     train, other = torch.randn(6, 5, generator=generator), torch.randn(3, 5, generator=generator)
@@ -316,6 +315,7 @@ def test_sweep_over_normalisations_is_the_union_of_the_sweeps_of_each():
     assert "features" not in single["unit_norm"].chosen
     with pytest.raises(ValueError, match="Unknown or no feature normalisations \\['whiten'\\]"):
         sweep("standardise", "whiten")
+
 
 def test_top_k_accuracy_metric():
     metric = TopKAccuracy()

@@ -231,7 +231,8 @@ def sweep_and_refit(
     if unknown or not normalisations:
         choices = ", ".join(FEATURE_NORMALISATIONS)
         raise ValueError(f"Unknown or no feature normalisations {unknown}: choose one or more of {choices}.")
-    candidates = [(kind, setting) for kind in normalisations for setting in settings]
+    settings = list(settings)
+    candidates = [(kind, setting) for kind in normalisations for setting in settings]  # by normalisation, then setting
     swept_normalisation = len(normalisations) > 1
     named = [setting | {"features": kind} if swept_normalisation else setting for kind, setting in candidates]
     table, best, num_fit, num_validation, num_parts = [], 0, len(train_features), 0, 1
@@ -242,12 +243,11 @@ def sweep_and_refit(
         for validation in parts:
             fit = complement(validation, len(train_labels))
             fit_sizes.append(len(fit))
-            for kind in normalisations:
+            for position, kind in enumerate(normalisations):
                 normalise = FEATURE_NORMALISATIONS[kind]
                 fit_features, validation_features = normalise(train_features[fit], train_features[validation])
-                indices = [index for index, (candidate_kind, _) in enumerate(candidates) if candidate_kind == kind]
-                probes = fit_probes(fit_features, train_labels[fit], [candidates[index][1] for index in indices])
-                for index, probe in zip(indices, probes):
+                probes = fit_probes(fit_features, train_labels[fit], settings)
+                for index, probe in enumerate(probes, start=position * len(settings)):
                     predictions = probe_scores(probe, validation_features).argmax(dim=1)
                     num_correct[index] += (predictions == train_labels[validation]).sum().item()
         num_fit, num_validation = round(sum(fit_sizes) / len(fit_sizes)), sum(len(part) for part in parts)
