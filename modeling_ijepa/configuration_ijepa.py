@@ -150,6 +150,10 @@ class IJepaConfig(StockIJepaConfig):
             over every context token of the batch. Not in the paper; 0 (off) reproduces it.
         covariance_loss_weight (`float`, defaults to 0.0): weight of a VICReg-style covariance term on the same
             tokens, `sum of squared off-diagonal covariances / D`. Not in the paper; 0 (off) reproduces it.
+        sigreg_loss_weight (`float`, defaults to 0.0): weight of LeJEPA's SIGReg on the same tokens
+            (`sketched_isotropic_gaussian_loss`: how far they are from an isotropic standard Gaussian along random
+            directions). Not in the paper; 0 (off) reproduces it.
+        sigreg_num_slices (`int`, defaults to 256): how many random directions SIGReg tests at each step.
         target_average_layers (`int`, defaults to 1): how many of the target encoder's last blocks make the target:
             with K > 1 each block's output is layer-normed, the K are averaged and the mean is layer-normed again
             (data2vec's targets). Not in the paper; 1 (the last block, after the final LayerNorm) reproduces it.
@@ -168,6 +172,8 @@ class IJepaConfig(StockIJepaConfig):
     predictor_num_attention_heads: int | None = None
     variance_loss_weight: float | int = 0.0
     covariance_loss_weight: float | int = 0.0
+    sigreg_loss_weight: float | int = 0.0
+    sigreg_num_slices: int = 256
     target_average_layers: int = 1
 
     def __post_init__(self, **kwargs):
@@ -186,11 +192,13 @@ class IJepaConfig(StockIJepaConfig):
         validate_sizes(vars(self), positive=positive, divisible=VIT_DIVISIBLE_SIZES)
 
     def validate_objective(self) -> None:
-        """Part of `@strict`-powered validation: the regulariser weights are not negative, and the target averages
-        layers the encoder has."""
-        for name in ("variance_loss_weight", "covariance_loss_weight"):
+        """Part of `@strict`-powered validation: the regulariser weights are not negative, SIGReg has a direction, and
+        the target averages layers the encoder has."""
+        for name in ("variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
+        if self.sigreg_num_slices < 1:
+            raise ValueError(f"`sigreg_num_slices` must be >= 1, got {self.sigreg_num_slices!r}.")
         if not 1 <= self.target_average_layers <= self.num_hidden_layers:
             raise ValueError(
                 f"`target_average_layers` must be between 1 and the encoder's {self.num_hidden_layers} layers, got "

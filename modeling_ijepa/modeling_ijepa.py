@@ -187,6 +187,41 @@ def variance_covariance_loss(
     return loss
 
 
+def sketched_isotropic_gaussian_loss(
+    features: torch.Tensor, num_slices: int, seed: int = 0, num_knots: int = 17, max_frequency: float = 5.0
+) -> torch.Tensor:
+    """SIGReg, LeJEPA's regulariser (Balestriero & LeCun, 2025): how far the samples are from an isotropic standard
+    Gaussian, sketched along `num_slices` random unit directions. Along each direction the Epps-Pulley statistic
+    `n * integral |phi_n(t) - exp(-t^2 / 2)|^2 exp(-t^2 / 2) dt` compares the empirical characteristic function of the
+    `n` projections with the Gaussian's; the loss is its mean over directions. Unlike VICReg's two moments, it
+    matches the whole distribution of every projection, which (Cramer-Wold) pins down the whole distribution.
+
+    Args:
+        features: `[..., D]`; every leading position is one sample (for I-JEPA: every context token of the batch).
+        num_slices: how many random directions.
+        seed: seeds the directions: a training run passes the step, so that every step tests new directions, the
+            same on every process and again after a resume.
+        num_knots, max_frequency: the trapezoidal quadrature over `t` in `[0, max_frequency]` (the integrand is
+            even in `t`, so the half line counts twice).
+
+    Returns:
+        A float32 scalar tensor (never read back to the host), computed in float32 whatever the autocast.
+    """
+    features = features.reshape(-1, features.shape[-1])
+    num_samples, width = features.shape
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn(width, num_slices, generator=generator).to(features.device)
+    directions = directions / directions.norm(dim=0, keepdim=True)
+    knots = torch.linspace(0.0, max_frequency, num_knots, device=features.device)
+    gaussian = torch.exp(-0.5 * knots.square())
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        angles = (features.float() @ directions).unsqueeze(-1) * knots  # [n, slices, knots]
+        real, imaginary = angles.cos().mean(dim=0), angles.sin().mean(dim=0)  # [slices, knots]
+        error = ((real - gaussian).square() + imaginary.square()) * gaussian
+        statistic = 2 * num_samples * torch.trapezoid(error, knots, dim=-1)  # [slices]
+    return statistic.mean()
+
+
 def as_ijepa_config(config) -> IJepaConfig:
     """`AutoConfig` reads the `ijepa` model type as transformers' own config: give it our predictor fields."""
     if isinstance(config, IJepaConfig):
@@ -403,7 +438,8 @@ class IJepaForPreTrainingOutput(ModelOutput):
     prediction_loss (`torch.FloatTensor` of shape `[]`, *optional*): smooth L1 between predictions and targets
         (beta 1, mean); set only with a regulariser on (otherwise it is `loss`).
     regularisation_loss (`torch.FloatTensor` of shape `[]`, *optional*): the weighted variance-covariance term on
-        `context_hidden_states` (`config.variance_loss_weight`, `config.covariance_loss_weight`); `None` when off.
+        `context_hidden_states` (`config.variance_loss_weight`, `config.covariance_loss_weight`) plus the weighted
+        SIGReg term on them (`config.sigreg_loss_weight`); `None` when all are off.
     """
 
     loss: torch.FloatTensor | None = None
@@ -481,6 +517,7 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         pixel_values: torch.Tensor,
         context_indices: torch.Tensor,
         target_indices: torch.Tensor,
+        regulariser_seed: int | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> IJepaForPreTrainingOutput | tuple:
@@ -489,6 +526,8 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `[B, C, H, W]`): images.
             context_indices (`torch.LongTensor` of shape `[B * N, Kc]`): patches the context encoder sees.
             target_indices (`torch.LongTensor` of shape `[B * N, M, Kt]`): patches of the M target blocks.
+            regulariser_seed (`int`, *optional*): seeds SIGReg's random directions (`config.sigreg_loss_weight`);
+                training passes the optimizer step. `None` is 0.
 
         `N` is the number of mask draws per image, 1 in the paper, read from the shapes: with `N * B` rows the rows
         of image `i` are `i * N ... i * N + N - 1` (as `MultiBlockMaskCollator(num_mask_draws=N)` emits them). The
@@ -498,7 +537,8 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
 
         With `config.variance_loss_weight` or `config.covariance_loss_weight` non-zero, the loss adds their
         variance-covariance term (`variance_covariance_loss`) on the context-encoder output, all `B * N * Kc`
-        tokens as samples.
+        tokens as samples; with `config.sigreg_loss_weight` non-zero, SIGReg on the same tokens
+        (`sketched_isotropic_gaussian_loss`, `config.sigreg_num_slices` directions).
         """
         self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
         num_draws = num_mask_draws(pixel_values.shape[0], context_indices)
@@ -516,9 +556,15 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         prediction_loss = regularisation_loss = None
         variance_weight = self.config.variance_loss_weight
         covariance_weight = self.config.covariance_loss_weight
-        if variance_weight or covariance_weight:
+        sigreg_weight = self.config.sigreg_loss_weight
+        if variance_weight or covariance_weight or sigreg_weight:
             prediction_loss = loss
             regularisation_loss = variance_covariance_loss(context_hidden_states, variance_weight, covariance_weight)
+            if sigreg_weight:
+                sigreg = sketched_isotropic_gaussian_loss(
+                    context_hidden_states, self.config.sigreg_num_slices, seed=regulariser_seed or 0
+                )
+                regularisation_loss = regularisation_loss + sigreg_weight * sigreg
             loss = prediction_loss + regularisation_loss
         output = IJepaForPreTrainingOutput(
             loss=loss,
@@ -546,6 +592,7 @@ register_checkpoint_conversion_mapping(
 __all__ = [
     "EmaTargetEncoderMixin",
     "layer_normed_last_blocks",
+    "sketched_isotropic_gaussian_loss",
     "variance_covariance_loss",
     "IJepaPreTrainedModel",
     "IJepaModel",

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Behaviour of the I-JEPA config, encoder, predictor and pretraining model."""
 
+import math
+
 import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError, StrictDataclassFieldValidationError
@@ -344,6 +346,79 @@ def test_regulariser_weights_are_saved_with_the_config(tiny_ijepa_config, tmp_pa
     assert (loaded.variance_loss_weight, loaded.covariance_loss_weight) == (0.25, 0.04)
     with pytest.raises(ValueError, match="`variance_loss_weight` must be >= 0"):
         regularised_config(tiny_ijepa_config, -1.0, 0.0)
+
+
+def epps_pulley_closed_form(samples: torch.Tensor) -> torch.Tensor:
+    """n * integral over the real line of |phi_n(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt for 1-D samples [n], with the
+    Gaussian integrals done by hand: the pairs give sqrt(2 pi) exp(-(x_j - x_k)^2 / 2), the cross term
+    2 sqrt(pi) exp(-x_j^2 / 4), the Gaussian's own term sqrt(2 pi / 3)."""
+    n = len(samples)
+    pairs = torch.exp(-0.5 * (samples[:, None] - samples[None, :]).square()).sum() * math.sqrt(2 * math.pi) / n**2
+    cross = 2 * math.sqrt(math.pi) * torch.exp(-samples.square() / 4).mean()
+    return n * (pairs - cross + math.sqrt(2 * math.pi / 3))
+
+
+def test_sigreg_is_the_epps_pulley_statistic_of_the_projections():
+    from modeling_ijepa.modeling_ijepa import sketched_isotropic_gaussian_loss
+
+    # In one dimension every direction is +1 or -1, and the statistic does not depend on the sign.
+    samples = torch.randn(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float() * 1.5 + 0.3
+    expected = epps_pulley_closed_form(samples.double()).float()
+    fine = sketched_isotropic_gaussian_loss(samples[:, None], 3, num_knots=4001, max_frequency=12.0)
+    torch.testing.assert_close(fine, expected, rtol=1e-4, atol=1e-4)
+    default = sketched_isotropic_gaussian_loss(samples[:, None], 3)  # LeJEPA's 17 knots up to t = 5
+    torch.testing.assert_close(default, expected, rtol=0.02, atol=0.0)
+
+
+def test_sigreg_is_small_for_a_standard_gaussian_and_large_for_collapsed_or_scaled_features():
+    from modeling_ijepa.modeling_ijepa import sketched_isotropic_gaussian_loss
+
+    gaussian = torch.randn(2, 500, 16, generator=torch.Generator().manual_seed(1))  # [B, Kc, D]
+    near = sketched_isotropic_gaussian_loss(gaussian, 64)
+    assert near < 3.0
+    for far in (torch.zeros_like(gaussian), 3 * gaussian, gaussian + 1, gaussian * torch.linspace(0.1, 2.0, 16)):
+        assert sketched_isotropic_gaussian_loss(far, 64) > 10 * near
+    # The seed draws the directions: the same seed the same value, another seed other directions.
+    skewed = gaussian.exp()
+    seeded = sketched_isotropic_gaussian_loss(skewed, 8, seed=3)
+    assert torch.equal(sketched_isotropic_gaussian_loss(skewed, 8, seed=3), seeded)
+    assert sketched_isotropic_gaussian_loss(skewed, 8, seed=4) != seeded
+    # bf16 autocast does not reach it: the float32 value.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = sketched_isotropic_gaussian_loss(skewed, 8, seed=3)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, seeded)
+
+
+def test_sigreg_adds_to_the_regularisation_with_its_weight_and_seed(tiny_ijepa_config, monkeypatch):
+    from modeling_ijepa import modeling_ijepa
+    from modeling_ijepa.modeling_ijepa import sketched_isotropic_gaussian_loss, variance_covariance_loss
+
+    config = IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), "variance_loss_weight": 1.0,
+                                    "sigreg_loss_weight": 0.5, "sigreg_num_slices": 7})
+    model = IJepaForPreTraining(config).train()
+    context, target = random_indices()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    output = model(pixel_values, context, target, regulariser_seed=11)
+    hidden = output.context_hidden_states
+    expected = variance_covariance_loss(hidden, 1.0, 0.0) + 0.5 * sketched_isotropic_gaussian_loss(hidden, 7, seed=11)
+    torch.testing.assert_close(output.regularisation_loss, expected)
+    torch.testing.assert_close(output.loss, output.prediction_loss + output.regularisation_loss)
+    unseeded = model(pixel_values, context, target).regularisation_loss
+    torch.testing.assert_close(unseeded, variance_covariance_loss(hidden, 1.0, 0.0)
+                               + 0.5 * sketched_isotropic_gaussian_loss(hidden, 7, seed=0))
+    # It trains the context encoder only.
+    model.zero_grad()
+    (output.regularisation_loss - variance_covariance_loss(hidden, 1.0, 0.0)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.context_encoder.layers.parameters())
+    assert all(p.grad is None for p in model.predictor.parameters())
+    # Off by default: never computed.
+    monkeypatch.setattr(modeling_ijepa, "sketched_isotropic_gaussian_loss", None)
+    assert tiny_ijepa_config.sigreg_loss_weight == 0.0
+    assert IJepaForPreTraining(tiny_ijepa_config)(pixel_values, context, target).regularisation_loss is None
+    for field, value, message in (("sigreg_loss_weight", -0.1, ">= 0"), ("sigreg_num_slices", 0, ">= 1")):
+        with pytest.raises(ValueError, match=f"`{field}` must be {message}"):
+            IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), field: value})
 
 
 def test_averaged_target_layers_are_the_normed_mean_of_the_last_blocks(tiny_ijepa_config):

@@ -411,6 +411,29 @@ def test_a_run_with_the_variance_covariance_regulariser_trains_and_logs_its_part
         assert entry["loss"] == pytest.approx(entry["prediction_loss"] + entry["regularisation_loss"], rel=1e-5)
 
 
+def test_a_run_with_sigreg_draws_new_directions_at_every_step(tmp_path, monkeypatch):
+    from modeling_ijepa import modeling_ijepa
+
+    seeds, sigreg = [], modeling_ijepa.sketched_isotropic_gaussian_loss
+
+    def recording(features, num_slices, seed=0, **kwargs):
+        seeds.append((seed, num_slices))
+        return sigreg(features, num_slices, seed=seed, **kwargs)
+
+    monkeypatch.setattr(modeling_ijepa, "sketched_isotropic_gaussian_loss", recording)
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
+                                            "--sigreg_loss_weight", "0.02", "--sigreg_num_slices", "16"))
+    assert state["global_step"] == 2 and seeds == [(1, 16), (2, 16)]  # the optimizer step seeds the directions
+    config = IJepaForPreTraining.from_pretrained(tmp_path / "pretraining").config
+    assert (config.sigreg_loss_weight, config.sigreg_num_slices) == (0.02, 16)
+    assert all(entry["regularisation_loss"] > 0 for entry in state["log_history"])
+    assert "sigreg_loss_weight" not in json.loads((tmp_path / "config.json").read_text())  # stock export
+    with pytest.raises(ValueError, match="--sigreg_num_slices must be >= 1"):
+        run_pretraining.parse_args([*TINY, "--sigreg_num_slices", "0"])
+    with pytest.raises(ValueError, match="--sigreg_loss_weight is an image"):
+        run_pretraining.parse_args(["--modality", "video", "--sigreg_loss_weight", "0.1"])
+
+
 def test_a_run_with_several_mask_draws_per_image_trains(tmp_path):
     state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
                                             "--num_mask_draws", "2"))

@@ -144,6 +144,11 @@ def add_model_arguments(group) -> None:
     group.add_argument("--covariance_loss_weight", type=float, default=0.0,
                        help="Images: weight of a VICReg-style covariance term on the context encoder's output "
                             "(as in C-JEPA). 0 (off) reproduces the paper.")
+    group.add_argument("--sigreg_loss_weight", type=float, default=0.0,
+                       help="Images: weight of LeJEPA's SIGReg on the context encoder's output (an isotropic Gaussian "
+                            "along random directions, new ones at every step). 0 (off) reproduces the paper.")
+    group.add_argument("--sigreg_num_slices", type=int, default=256,
+                       help="Images: how many random directions SIGReg tests at each step.")
     group.add_argument("--target_average_layers", type=int, default=1,
                        help="Images: the target is the mean of the target encoder's last K blocks, each layer-normed, "
                             "layer-normed again (as in data2vec). 1 (the last block) reproduces the paper.")
@@ -425,10 +430,13 @@ def validate_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--probe_feature_layers {args.probe_feature_layers} exceeds the encoder's "
                          f"{args.num_hidden_layers} layers (--num_hidden_layers).")
     for name in ("learning_rate", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs",
-                 "warmup_steps", "dataloader_num_workers", "variance_loss_weight", "covariance_loss_weight"):
+                 "warmup_steps", "dataloader_num_workers", "variance_loss_weight", "covariance_loss_weight",
+                 "sigreg_loss_weight"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise ValueError(f"--{name} must be >= 0, got {value}.")
+    if args.sigreg_num_slices < 1:
+        raise ValueError(f"--sigreg_num_slices must be >= 1, got {args.sigreg_num_slices}.")
     if args.num_mask_draws < 1:
         raise ValueError(f"--num_mask_draws must be >= 1, got {args.num_mask_draws}.")
     if not 1 <= args.target_average_layers <= args.num_hidden_layers:
@@ -456,7 +464,7 @@ def validate(args: argparse.Namespace) -> None:
     validate_numbers(args)
     if args.modality == "video":
         for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0),
-                          ("target_average_layers", 1)):
+                          ("sigreg_loss_weight", 0.0), ("target_average_layers", 1)):
             if getattr(args, name) != off:
                 raise ValueError(f"--{name} is an image (I-JEPA) option: it is not available with --modality video.")
     if args.modality == "image" and args.architecture != "vjepa":

@@ -147,6 +147,8 @@ class PretrainingStep:
         optimizer and the EMA move on the last of them."""
         accelerator, optimizer = self.accelerator, self.optimizer
         lr, weight_decay = apply_schedules(optimizer, self.schedules, step)
+        if getattr(self.unwrapped.config, "sigreg_loss_weight", 0):
+            batch = {**batch, "regulariser_seed": step}  # new random directions at every step, as LeJEPA draws them
         with accelerator.accumulate(self.model):
             output = self.model(**batch)
             loss = output.loss
