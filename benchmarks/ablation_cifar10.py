@@ -17,12 +17,15 @@ side by side.
 
 `--results_dir` (default `benchmarks/results`) receives `ablation_cifar10.json` and `ablation_cifar10.md`. A run
 folder in `--work_dir` (`<variant>-seed<seed>`) that finished its probe at the same number of steps is reused, so an
-interrupted ablation continues where it stopped; delete the folder to run it again.
+interrupted ablation continues where it stopped; delete the folder to run it again. Runs of earlier invocations with
+the same steps and seeds are kept in the JSON, so the top-level `machine` is the last invocation's; a run made by
+this version also records its own `machine` and `run_seconds` (pretraining, export and probes).
 """
 
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 from datasets import load_dataset
@@ -89,13 +92,29 @@ VARIANTS = {
     "recipe+bf16+target_layers_3": [*RECIPE_BF16, "--target_average_layers", "3"],
     # A larger encoder at equal time (EQUAL_TIME_STEP_FRACTION): wider (ViT-Tiny's 192 -> 256, 4 heads).
     "recipe+bf16+width_256": [*RECIPE_BF16, "--hidden_size", "256", "--num_attention_heads", "4"],
+    # Eighth round: deeper instead (ViT-Tiny's 12 blocks), at equal time.
+    "recipe+bf16+depth_12": [*RECIPE_BF16, "--num_hidden_layers", "12"],
+    # LeJEPA's SIGReg on the same context tokens as the VICReg terms: on top of them, or instead of them. Its
+    # statistic grows with the number of samples (~1,400 tokens a step here, ~500 embeddings a view in LeJEPA), so
+    # LeJEPA's weight of 0.05 becomes about 0.02.
+    "recipe+bf16+sigreg_0.02": [*RECIPE_BF16, "--sigreg_loss_weight", "0.02"],
+    "recipe+bf16+sigreg_instead_of_vicreg": [*RECIPE_BF16, "--variance_loss_weight", "0", "--covariance_loss_weight",
+                                             "0", "--sigreg_loss_weight", "0.02"],
+    # Ninth round: the paper's schedules, which the recipe replaced without an ablation: weight decay 0.04 -> 0.4
+    # (the recipe holds 0.05), and a slower EMA at the start (0.998 instead of 0.996; 0.99 was worse).
+    "recipe+bf16+weight_decay_0.04_to_0.4": [*RECIPE_BF16, "--weight_decay", "0.04", "--final_weight_decay", "0.4"],
+    "recipe+bf16+ema_0.998": [*RECIPE_BF16, "--ema_momentum", "0.998"],
 }
 # Variants that run a fraction of --max_train_steps: the steps that take as long as the others' on 2 CPU cores. A
 # step of batch 256 took 1.66x one of batch 128 in a first timing (0.72 against 0.43 s, bf16 autocast), hence 0.6;
 # benchmarks.step_phases, which alternates them, gives 1.76x (0.70 against 0.40 s, 1.09x the images per second), so
 # this variant gets about 5% more time than the others, which can only favour it.
-# Width 256 with 4 heads: 1.26x the recipe's step (0.60 against 0.475 s, 50 steps from the tenth, one run each).
-EQUAL_TIME_STEP_FRACTION = {"recipe+bf16+batch_256": 0.6, "recipe+bf16+width_256": 0.79}
+# Width 256 with 4 heads: 1.26x the recipe's step (0.60 against 0.475 s, 50 steps from the tenth, one run each);
+# depth 12: 1.58x (0.75 s). benchmarks.step_phases, which alternates them, later gave 1.24x and 1.49x (so depth 12 gets
+# about 6% less time than the recipe).
+EQUAL_TIME_STEP_FRACTION = {
+    "recipe+bf16+batch_256": 0.6, "recipe+bf16+width_256": 0.79, "recipe+bf16+depth_12": 0.63,
+}
 METRICS = ("linear_top1", "knn_top1")
 
 
@@ -128,12 +147,18 @@ def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, ste
             "--max_train_steps", str(steps), "--warmup_steps", str(max(1, steps // 10)), "--seed", str(seed),
             "--probe_eval_split", "validation", "--probe_max_train_samples", "5000",
             "--probe_max_eval_samples", str(HELD_OUT), *OPTIONS_OFF, *options, *extra]  # fmt: skip
+    timing_file = output_dir / "ablation_timing.json"
     if finished_steps(output_dir) == steps:
         print(f"Reusing the finished run in {output_dir} (delete it to run it again).")
     else:
+        started = time.perf_counter()
         with RUN_RESOURCES:
             pretrain(argv)
-    comparison = json.loads((output_dir / "probe" / "comparison.json").read_text())
+        # Pretraining, the export and the probes: with the same probes, it compares variants' step costs.
+        timing = {"run_seconds": round(time.perf_counter() - started, 1), "machine": machine()}
+        timing_file.write_text(json.dumps(timing) + "\n")
+    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    comparison = json.loads((output_dir / "probe" / "comparison.json").read_text()) | timing
     # The folder is a scratch copy of CIFAR-10's training split: name what it holds rather than where it was.
     comparison["dataset"] = "CIFAR-10 training split: pretraining images (train) and held-out ones (validation)"
     return comparison

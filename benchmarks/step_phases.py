@@ -6,10 +6,13 @@
 One optimizer step of `configs/cifar10_quality.yaml` as the training loop runs it (its model, masks, bf16 products,
 bf16 autocast and eager attention), on random images (the data path is measured by in_memory_data.py): mask
 sampling, the model's forward (split by hooks into the target encoder, the context encoder, the predictor, and
-the rest: the loss and its regulariser), backward, AdamW and the EMA update. Two variants take turns step by step
-in one process, the order rotating every round: `recipe` (its batch of 128) and `batch_256`. Reported per
-variant: the median seconds of each phase, images per second, and for `batch_256` the median of per-round ratios
-of images per second against the recipe's.
+the rest: the loss and its regulariser), backward, AdamW and the EMA update. The recipe and the `--variants`
+(default `batch_256`) take turns step by step in one process, the order rotating every round; `VARIANTS` lists
+them (the ablation's larger batch and encoders, and SIGReg). Reported per variant: the median seconds of each
+phase, images per second, and for every variant the median of per-round ratios of images per second against the
+recipe's (with the same batch, the inverse ratio of step times).
+
+    python -m benchmarks.step_phases --variants sigreg_0.02 depth_12 --output_name step_phases_variants
 """
 
 import argparse
@@ -28,6 +31,13 @@ from modeling_ijepa.training.runtime import float32_matmul_precision
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
 MODULES = ("target_encoder", "context_encoder", "predictor")
+# Each variant's run_pretraining.py options on top of the recipe, and its batch as a multiple of the recipe's.
+VARIANTS = {
+    "batch_256": ([], 2),
+    "width_256": (["--hidden_size", "256", "--num_attention_heads", "4"], 1),
+    "depth_12": (["--num_hidden_layers", "12"], 1),
+    "sigreg_0.02": (["--sigreg_loss_weight", "0.02"], 1),
+}
 PHASES = ("masks", *MODULES, "loss", "backward", "optimizer", "ema")
 
 
@@ -88,10 +98,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="Further run_pretraining.py arguments for the recipe (e.g. smaller sizes for a test).")
     parser.add_argument("--output_name", default="step_phases", help="Results file name in benchmarks/results.")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["batch_256"],
+                        help="Variants timed against the recipe, step by step in turn.")
     args = parser.parse_args(argv)
     recipe = parse_recipe(["--config", str(RECIPE), *args.extra])
     batch = recipe.per_device_train_batch_size
-    steps = {"recipe": TimedStep(recipe, batch), "batch_256": TimedStep(recipe, 2 * batch)}
+    steps = {"recipe": TimedStep(recipe, batch)}
+    for name in args.variants:
+        options, batch_multiple = VARIANTS[name]
+        variant = parse_recipe(["--config", str(RECIPE), *args.extra, *options])
+        steps[name] = TimedStep(variant, batch_multiple * batch)
     with float32_matmul_precision(recipe.matmul_precision):  # as the training loop sets it, restored after
         seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
     rows = []
@@ -109,7 +125,8 @@ def main(argv=None) -> dict:
         print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()
                                         if isinstance(value, float)))
     payload = {"machine": machine(), "recipe": "configs/cifar10_quality.yaml", "threads": torch.get_num_threads(),
-               "repeats": args.repeats, "warmup": args.warmup, "rows": rows}
+               "repeats": args.repeats, "warmup": args.warmup,
+               "variants": {name: VARIANTS[name][0] for name in args.variants}, "rows": rows}
     write_results(args.output_name, payload)
     return payload
 

@@ -121,6 +121,7 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, 
     for runs in payload["runs"].values():
         for run in runs:
             assert (run["train_data"], run["eval_data"]) == ("train split, 160 images", "validation split, 40 images")
+            assert run["run_seconds"] > 0 and run["machine"]["cpu_count"] >= 1  # each run says where and how long
     log = (tmp_path / "vicreg-seed1" / "training_log.jsonl").read_text().splitlines()
     assert "regularisation_loss" in json.loads(log[0])  # the variant's option reached the run
     assert json.loads(log[-1])["step"] == 2
@@ -143,7 +144,7 @@ def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, 
     assert again["runs"]["vicreg"] == payload["runs"]["vicreg"]
 
 
-def test_step_phases_times_every_phase_of_the_recipes_step_at_two_batch_sizes(tmp_path, monkeypatch):
+def test_step_phases_times_every_phase_of_the_recipes_step_against_its_variants(tmp_path, monkeypatch):
     import torch
 
     from benchmarks import step_phases
@@ -154,15 +155,18 @@ def test_step_phases_times_every_phase_of_the_recipes_step_at_two_batch_sizes(tm
             "--per_device_train_batch_size", "4", "--probe_feature_layers", "1"]  # fmt: skip
     try:
         payload = step_phases.main(["--repeats", "3", "--warmup", "1", "--output_name", "phases_tiny",
-                                    "--extra", *tiny])
+                                    "--variants", "batch_256", "depth_12", "--extra", *tiny])
     finally:
         torch.set_float32_matmul_precision("highest")
     assert json.loads((tmp_path / "phases_tiny.json").read_text()) == json.loads(json.dumps(payload))
-    recipe, doubled = payload["rows"]
-    assert (recipe["batch_size"], doubled["batch_size"]) == (4, 8)
-    for row in (recipe, doubled):
+    recipe, doubled, deeper = payload["rows"]
+    assert [row["variant"] for row in payload["rows"]] == ["recipe", "batch_256", "depth_12"]
+    assert (recipe["batch_size"], doubled["batch_size"], deeper["batch_size"]) == (4, 8, 4)
+    for row in (recipe, doubled, deeper):
         phases = [row[f"{phase}_s"] for phase in step_phases.PHASES]
         assert all(seconds > 0 for seconds in phases)
         # The phases tile the step: their medians add up to about the median step (medians need not add exactly).
         assert 0.5 * row["step_s"] < sum(phases) < 1.5 * row["step_s"]
-    assert doubled["images_per_s_ratio"] > 0 and "images_per_s_ratio" not in recipe
+    assert doubled["images_per_s_ratio"] > 0 and deeper["images_per_s_ratio"] > 0
+    assert "images_per_s_ratio" not in recipe
+    assert payload["variants"]["depth_12"] == ["--num_hidden_layers", "12"]
