@@ -150,6 +150,7 @@ def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, ste
     timing_file = output_dir / "ablation_timing.json"
     if finished_steps(output_dir) == steps:
         print(f"Reusing the finished run in {output_dir} (delete it to run it again).")
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}  # none from older versions
     else:
         started = time.perf_counter()
         with RUN_RESOURCES:
@@ -157,7 +158,6 @@ def run_variant(data: Path, output_dir: Path, options: list[str], seed: int, ste
         # Pretraining, the export and the probes: with the same probes, it compares variants' step costs.
         timing = {"run_seconds": round(time.perf_counter() - started, 1), "machine": machine()}
         timing_file.write_text(json.dumps(timing) + "\n")
-    timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     comparison = json.loads((output_dir / "probe" / "comparison.json").read_text()) | timing
     # The folder is a scratch copy of CIFAR-10's training split: name what it holds rather than where it was.
     comparison["dataset"] = "CIFAR-10 training split: pretraining images (train) and held-out ones (validation)"
