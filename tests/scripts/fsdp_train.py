@@ -19,7 +19,9 @@ full state of the model) and, unless resuming, `{RESULT stem}-{sharding}-initial
 """
 
 import argparse
+import faulthandler
 import functools
+import gc
 import json
 import os
 import time
@@ -210,6 +212,7 @@ def train(args, accelerator, images: torch.Tensor, sharding: str) -> dict:
 
 
 def main(argv=None):
+    faulthandler.enable()  # a native crash (an abort at exit, say) prints every thread's Python stack to the log
     args = parse_args(argv)
     # As `runtime.build_accelerator`: without an accelerator, the processes join a gloo group.
     accelerator = Accelerator(cpu=not torch.accelerator.is_available())
@@ -222,6 +225,10 @@ def main(argv=None):
         result[sharding] = train(args, accelerator, images, sharding)
     if accelerator.is_main_process:
         args.result.write_text(json.dumps(result, indent=1))
+    # Every rank leaves together, with no tensor of the run left for the interpreter's teardown: a rank that tears
+    # its group down while the main process still writes, or whose gloo work outlives the group, can abort at exit.
+    accelerator.wait_for_everyone()
+    gc.collect()
     accelerator.end_training()
 
 
