@@ -35,7 +35,7 @@ from modeling_ijepa.hub.export import image_processor_for
 from modeling_ijepa.training.arguments import add_image_data_arguments, add_precision_arguments
 from modeling_ijepa.training.loop import RUN_RESOURCES, LoopSettings, TrainingLoop, initial_state, prepare_output_dir
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
-from modeling_ijepa.training.runtime import float32_matmul_precision
+from modeling_ijepa.training.runtime import float32_matmul_precision, resolve_mixed_precision, training_device_type
 from modeling_ijepa.training.schedules import Schedules
 
 logger = get_logger(__name__)
@@ -118,7 +118,7 @@ def build_model(args: argparse.Namespace) -> ViTMAEForPreTraining:
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
     accelerator = Accelerator(
         cpu=not torch.accelerator.is_available(),
-        mixed_precision=args.mixed_precision,
+        mixed_precision=resolve_mixed_precision(args.mixed_precision, training_device_type()),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     configure_logging(accelerator.is_local_main_process)

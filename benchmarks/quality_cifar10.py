@@ -44,8 +44,8 @@ on ImageNet over 300 epochs), on a held-out 10% of the training split, 5-minute 
   patches once the targets are removed;
 - the data decoded once into memory and cropped per batch (`in_memory_data`), and bf16 products of the float32
   matrices (`matmul_precision: medium`, AMX on recent Intel CPUs, with eager attention): about 1.5 times the
-  images per second of the default path on 2 cores. bf16 autocast on top (`mixed_precision: bf16`) gives
-  another 1.27x. MAE gets the same data path, precision and attention.
+  images per second of the default path on 2 cores. bf16 autocast on top (`mixed_precision: auto`, on where the CPU
+  computes bf16 natively) gives another 1.27x. MAE gets the same data path, precision and attention.
 
 On a CPU shared with other jobs, `--torch_threads 1`: two intra-op threads wait for each other whenever another
 process holds a core (measured on 2 cores under load: I-JEPA 13 images/s with two threads, 80 with one).

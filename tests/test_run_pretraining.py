@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """End-to-end behaviour of run_pretraining.py: export, resume, multi-process, Hub upload, bad input."""
 
+import functools
 import json
 import os
 import re
@@ -316,6 +317,30 @@ def test_matmul_precision_applies_to_training_only_and_is_recorded_in_the_card(t
     assert torch.get_float32_matmul_precision() == before
     assert state["global_step"] == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in state["log_history"])
     assert "float32 matmul precision medium" in (tmp_path / "README.md").read_text()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_trains_in_bf16_only_where_the_cpu_computes_it_natively(native, tmp_path, monkeypatch):
+    """`--mixed_precision auto` is bf16 autocast on a CPU with oneDNN's bf16 kernels and float32 on one without
+    (emulated there, a step ran 17x slower); the card says which it trained in."""
+    from modeling_ijepa.training import runtime
+
+    assert runtime.has_native_bf16("cpu") == torch.ops.mkldnn._is_mkldnn_bf16_supported()  # this machine's answer
+    monkeypatch.setattr(runtime, "has_native_bf16", lambda device_type: native)  # both answers, on any machine
+    assert runtime.resolve_mixed_precision("auto", "cpu") == ("bf16" if native else "no")
+    assert runtime.resolve_mixed_precision("bf16", "cpu") == "bf16"  # an explicit choice is kept
+    dtypes = []
+    forward = IJepaForPreTraining.forward
+
+    @functools.wraps(forward)  # the loop reads the signature
+    def recording_forward(model, *args, **kwargs):
+        dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return forward(model, *args, **kwargs)
+
+    monkeypatch.setattr(IJepaForPreTraining, "forward", recording_forward)
+    run_pretraining.main(cifar_args(tmp_path, "--max_train_steps", "1", "--mixed_precision", "auto"))
+    assert dtypes == [torch.bfloat16 if native else torch.float32]
+    assert f"| precision | {'bf16' if native else 'no'} |" in (tmp_path / "README.md").read_text()
 
 
 # What the README calls each value the progress bar can show.

@@ -217,8 +217,10 @@ def add_precision_arguments(group) -> None:
     """The training precision (also used by the MAE baseline's trainer): Accelerate's mixed precision and torch's
     float32 matmul precision, which holds for the training loop only (`runtime.float32_matmul_precision`)."""
     group.add_argument(
-        "--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`.",
+        "--mixed_precision", choices=["no", "fp16", "bf16", "auto"], default=None,
+        help="Accelerate's mixed precision; when not given, that of `accelerate config` or `accelerate launch`. "
+             "'auto' is bf16 where the device computes bf16 natively (a GPU that supports it, a CPU with AVX-512 or "
+             "AMX) and float32 elsewhere: on an AVX2-only CPU bf16 autocast is emulated, many times slower.",
     )
     group.add_argument(
         "--matmul_precision", choices=["highest", "high", "medium"], default=None,
