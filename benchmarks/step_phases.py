@@ -7,10 +7,10 @@ One optimizer step of `configs/cifar10_quality.yaml` as the training loop runs i
 bf16 autocast and eager attention), on random images (the data path is measured by in_memory_data.py): mask
 sampling, the model's forward (split by hooks into the target encoder, the context encoder, the predictor, and
 the rest: the loss and its regulariser), backward, AdamW and the EMA update. The recipe and the `--variants`
-(default `batch_256`) take turns step by step in one process, the order rotating every round; `VARIANTS` lists
-them (the ablation's larger batch and encoders, and SIGReg). Reported per variant: the median seconds of each
-phase, images per second, and for every variant the median of per-round ratios of images per second against the
-recipe's (with the same batch, the inverse ratio of step times).
+(default `batch_256`) take turns step by step in one process, the order rotating every round; they are the
+ablation's variants on top of the recipe (benchmarks/ablation_cifar10.py, named without their `recipe+bf16+`).
+Reported per variant: the median seconds of each phase, images per second, and for every variant the median of
+per-round ratios of images per second against the recipe's (with the same batch, the inverse ratio of step times).
 
     python -m benchmarks.step_phases --variants sigreg_0.02 depth_12 --output_name step_phases_variants
 """
@@ -22,22 +22,22 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.ablation_cifar10 import RECIPE_BF16
+from benchmarks.ablation_cifar10 import VARIANTS as ABLATION_VARIANTS
 from benchmarks.common import interleaved_seconds, machine, per_round_ratios, write_results
 from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
 from modeling_ijepa.training.arguments import parse_args as parse_recipe
 from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import build_optimizer
-from modeling_ijepa.training.runtime import float32_matmul_precision
+from modeling_ijepa.training.runtime import float32_matmul_precision, resolve_mixed_precision
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
 MODULES = ("target_encoder", "context_encoder", "predictor")
-# Each variant's run_pretraining.py options on top of the recipe, and its batch as a multiple of the recipe's.
-VARIANTS = {
-    "batch_256": ([], 2),
-    "width_256": (["--hidden_size", "256", "--num_attention_heads", "4"], 1),
-    "depth_12": (["--num_hidden_layers", "12"], 1),
-    "sigreg_0.02": (["--sigreg_loss_weight", "0.02"], 1),
-}
+# The ablation's variants on top of the recipe as it stands, named without their prefix: each one's run_pretraining.py
+# options on top of the recipe's.
+PREFIX = "recipe+bf16+"
+VARIANTS = {name.removeprefix(PREFIX): options[len(RECIPE_BF16):] for name, options in ABLATION_VARIANTS.items()
+            if name.startswith(PREFIX)}
 PHASES = ("masks", *MODULES, "loss", "backward", "optimizer", "ema")
 
 
@@ -50,7 +50,7 @@ class TimedStep:
         self.optimizer = build_optimizer(self.model, lr=recipe.learning_rate)
         self.collator = build_mask_collator(recipe, input_grid(self.model.config), seed=0)
         self.images = torch.randn(batch_size, 3, recipe.image_size, recipe.image_size)
-        self.autocast = recipe.mixed_precision == "bf16"
+        self.autocast = resolve_mixed_precision(recipe.mixed_precision, "cpu") == "bf16"
         self.phases = {phase: [] for phase in PHASES}
         self._module_seconds = {}
         for name in MODULES:
@@ -90,6 +90,15 @@ class TimedStep:
             self.phases[phase].append(seconds)
 
 
+def batch_multiple(options: list[str]) -> int:
+    """A variant's batch as a multiple of the recipe's, so that `--extra`'s smaller batch scales with it."""
+    variant = parse_recipe(["--config", str(RECIPE), *options]).per_device_train_batch_size
+    recipe = parse_recipe(["--config", str(RECIPE)]).per_device_train_batch_size
+    if variant % recipe:
+        raise ValueError(f"A variant's batch ({variant}) must be a multiple of the recipe's ({recipe}).")
+    return variant // recipe
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30, help="Timed rounds (one step of each variant a round).")
@@ -105,9 +114,8 @@ def main(argv=None) -> dict:
     batch = recipe.per_device_train_batch_size
     steps = {"recipe": TimedStep(recipe, batch)}
     for name in args.variants:
-        options, batch_multiple = VARIANTS[name]
-        variant = parse_recipe(["--config", str(RECIPE), *args.extra, *options])
-        steps[name] = TimedStep(variant, batch_multiple * batch)
+        variant = parse_recipe(["--config", str(RECIPE), *args.extra, *VARIANTS[name]])
+        steps[name] = TimedStep(variant, batch * batch_multiple(VARIANTS[name]))
     with float32_matmul_precision(recipe.matmul_precision):  # as the training loop sets it, restored after
         seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
     rows = []
@@ -125,8 +133,9 @@ def main(argv=None) -> dict:
         print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in row.items()
                                         if isinstance(value, float)))
     payload = {"machine": machine(), "recipe": "configs/cifar10_quality.yaml", "threads": torch.get_num_threads(),
-               "repeats": args.repeats, "warmup": args.warmup,
-               "variants": {name: VARIANTS[name][0] for name in args.variants}, "rows": rows}
+               "repeats": args.repeats, "warmup": args.warmup, "extra": args.extra,
+               "bf16_autocast": steps["recipe"].autocast,
+               "variants": {name: VARIANTS[name] for name in args.variants}, "rows": rows}
     write_results(args.output_name, payload)
     return payload
 
