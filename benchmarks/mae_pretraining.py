@@ -22,7 +22,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -116,9 +115,10 @@ def build_model(args: argparse.Namespace) -> ViTMAEForPreTraining:
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    device_type = training_device_type()
     accelerator = Accelerator(
-        cpu=not torch.accelerator.is_available(),
-        mixed_precision=resolve_mixed_precision(args.mixed_precision, training_device_type()),
+        cpu=device_type == "cpu",
+        mixed_precision=resolve_mixed_precision(args.mixed_precision, device_type),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     configure_logging(accelerator.is_local_main_process)

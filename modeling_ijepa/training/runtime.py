@@ -86,9 +86,9 @@ def build_accelerator(args) -> Accelerator:
     """The run's Accelerator; with --global_batch_size, the gradient accumulation that keeps that global batch on
     this number of processes (it is set in `args` too, for the fingerprint and the model card)."""
     # Without an accelerator, processes started by torchrun (`accelerate launch --multi_gpu`) join a gloo group.
-    cpu = not torch.accelerator.is_available()
-    requested, args.mixed_precision = args.mixed_precision, resolve_mixed_precision(
-        args.mixed_precision, training_device_type())
+    device_type = training_device_type()
+    cpu = device_type == "cpu"
+    requested, args.mixed_precision = args.mixed_precision, resolve_mixed_precision(args.mixed_precision, device_type)
     if args.global_batch_size is not None:
         num_processes = PartialState(cpu=cpu).num_processes
         args.gradient_accumulation_steps = accumulation_for(
