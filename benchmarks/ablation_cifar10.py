@@ -104,6 +104,12 @@ VARIANTS = {
     # (the recipe holds 0.05), and a slower EMA at the start (0.998 instead of 0.996; 0.99 was worse).
     "recipe+bf16+weight_decay_0.04_to_0.4": [*RECIPE_BF16, "--weight_decay", "0.04", "--final_weight_decay", "0.4"],
     "recipe+bf16+ema_0.998": [*RECIPE_BF16, "--ema_momentum", "0.998"],
+    # Tenth round, in float32 (`recipe`, the recipe as `--mixed_precision auto` runs it on a CPU without native bf16,
+    # where emulated autocast is 17x slower). Contexts are cut to the shortest in the batch: with at least 4 patches
+    # kept they average 12.4 of an image's own ~23 at batch 128, with at least 16 about 17.
+    "recipe+min_context_16": [*RECIPE_OPTIONS, "--min_context_patches", "16"],
+    # SIGReg at a quarter of the eighth round's weight (0.02 cost 7 points of kNN on top of the VICReg terms).
+    "recipe+sigreg_0.005": [*RECIPE_OPTIONS, "--sigreg_loss_weight", "0.005"],
 }
 # Variants that run a fraction of --max_train_steps: the steps that take as long as the others' on 2 CPU cores. A
 # step of batch 256 took 1.66x one of batch 128 in a first timing (0.72 against 0.43 s, bf16 autocast), hence 0.6;
@@ -112,8 +118,11 @@ VARIANTS = {
 # Width 256 with 4 heads: 1.26x the recipe's step (0.60 against 0.475 s, 50 steps from the tenth, one run each);
 # depth 12: 1.58x (0.75 s). benchmarks.step_phases, which alternates them, later gave 1.24x and 1.49x (so depth 12 gets
 # about 6% less time than the recipe).
+# Contexts of at least 16 patches: 0.79x the recipe's images per second in float32 on 2 AVX2 cores (1.55 against
+# 1.27 s a step, benchmarks/results/step_phases_avx2_variants.json).
 EQUAL_TIME_STEP_FRACTION = {
     "recipe+bf16+batch_256": 0.6, "recipe+bf16+width_256": 0.79, "recipe+bf16+depth_12": 0.63,
+    "recipe+min_context_16": 0.79,
 }
 METRICS = ("linear_top1", "knn_top1")
 

@@ -3,12 +3,13 @@
 
     python -m benchmarks.step_phases                 # writes benchmarks/results/step_phases.json
 
-One optimizer step of `configs/cifar10_quality.yaml` as the training loop runs it (its model, masks, bf16 products,
-bf16 autocast and eager attention), on random images (the data path is measured by in_memory_data.py): mask
+One optimizer step of `configs/cifar10_quality.yaml` as the training loop runs it (its model, masks, matmul
+precision, mixed precision and attention), on random images (the data path is measured by in_memory_data.py): mask
 sampling, the model's forward (split by hooks into the target encoder, the context encoder, the predictor, and
 the rest: the loss and its regulariser), backward, AdamW and the EMA update. The recipe and the `--variants`
 (default `batch_256`) take turns step by step in one process, the order rotating every round; they are the
-ablation's variants on top of the recipe (benchmarks/ablation_cifar10.py, named without their `recipe+bf16+`).
+ablation's variants on top of the recipe (benchmarks/ablation_cifar10.py, named without their `recipe+` or
+`recipe+bf16+`).
 Reported per variant: the median seconds of each phase, images per second, and for every variant the median of
 per-round ratios of images per second against the recipe's (with the same batch, the inverse ratio of step times).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.ablation_cifar10 import RECIPE_BF16
+from benchmarks.ablation_cifar10 import RECIPE_BF16, RECIPE_OPTIONS
 from benchmarks.ablation_cifar10 import VARIANTS as ABLATION_VARIANTS
 from benchmarks.common import interleaved_seconds, machine, per_round_ratios, write_results
 from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
@@ -33,11 +34,20 @@ from modeling_ijepa.training.runtime import float32_matmul_precision, resolve_mi
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
 MODULES = ("target_encoder", "context_encoder", "predictor")
-# The ablation's variants on top of the recipe as it stands, named without their prefix: each one's run_pretraining.py
-# options on top of the recipe's.
-PREFIX = "recipe+bf16+"
-VARIANTS = {name.removeprefix(PREFIX): options[len(RECIPE_BF16):] for name, options in ABLATION_VARIANTS.items()
-            if name.startswith(PREFIX)}
+# The ablation's variants on top of the recipe, named without their prefix: each one's run_pretraining.py options on
+# top of the recipe's. The ablation's rounds ran as `recipe+` (float32) or `recipe+bf16+` (under bf16 autocast); here
+# both are timed on top of the recipe as `--mixed_precision auto` runs it on this CPU.
+BASES = {"recipe+bf16+": RECIPE_BF16, "recipe+": RECIPE_OPTIONS}  # the longer prefix first
+VARIANTS = {
+    name.removeprefix(prefix): options[len(BASES[prefix]):]
+    for name, options in ABLATION_VARIANTS.items()
+    for prefix in [next((prefix for prefix in BASES if name.startswith(prefix)), None)]
+    if prefix is not None
+} | {
+    # Speed only, the same numbers up to rounding: the recipe's eager attention was chosen under bf16 autocast,
+    # where the CPU's SDPA kernel slowed down.
+    "sdpa_attention": ["--attn_implementation", "sdpa"],
+}
 PHASES = ("masks", *MODULES, "loss", "backward", "optimizer", "ema")
 
 

@@ -170,3 +170,14 @@ def test_step_phases_times_every_phase_of_the_recipes_step_against_its_variants(
     assert doubled["images_per_s_ratio"] > 0 and deeper["images_per_s_ratio"] > 0
     assert "images_per_s_ratio" not in recipe
     assert payload["variants"]["depth_12"] == ["--num_hidden_layers", "12"]
+
+
+def test_step_phases_variants_are_the_ablations_on_top_of_either_recipe_base():
+    from benchmarks import ablation_cifar10, step_phases
+
+    # A float32 round's variant and a bf16 round's: each is its ablation options less the base it was run on.
+    assert step_phases.VARIANTS["min_context_16"] == ["--min_context_patches", "16"]
+    assert step_phases.VARIANTS["depth_12"] == ["--num_hidden_layers", "12"]
+    assert step_phases.VARIANTS["bf16_autocast"] == ["--mixed_precision", "bf16"]
+    prefixed = [name for name in ablation_cifar10.VARIANTS if name.startswith("recipe+")]
+    assert len(prefixed) + 1 == len(step_phases.VARIANTS)  # and the speed-only SDPA variant
