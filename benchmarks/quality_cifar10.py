@@ -443,7 +443,8 @@ def recipe_text(method: str, ijepa, warmup_fraction: float) -> str:
             f"{schedule(ijepa.weight_decay, ijepa.final_weight_decay)}, predictor {ijepa.predictor_hidden_size}x"
             f"{ijepa.predictor_num_hidden_layers}, {ijepa.num_targets} targets {tuple(ijepa.target_scale)}, context "
             f"{tuple(ijepa.context_scale)}, VICReg weights {ijepa.variance_loss_weight:g} / "
-            f"{ijepa.covariance_loss_weight:g}{target_layers_text(ijepa.target_average_layers)}{tuning_note}"
+            f"{ijepa.covariance_loss_weight:g}, {ijepa.prediction_loss} loss"
+            f"{target_layers_text(ijepa.target_average_layers)}{tuning_note}"
         )
     if method == "mae":
         return (

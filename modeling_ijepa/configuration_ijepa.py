@@ -32,6 +32,9 @@ VIT_SIZES = (
     "predictor_num_hidden_layers", "predictor_num_attention_heads",
 )  # fmt: skip
 
+# The names `IJepaConfig.prediction_loss` accepts; `modeling_ijepa.PREDICTION_LOSS_FUNCTIONS` maps each to its loss.
+PREDICTION_LOSSES = ("smooth_l1", "l1")
+
 HEAD_CHANNELS = "each attention head gets an equal share of the channels"
 # `(size, divisor, why)`: sizes that must be whole multiples of another.
 IMAGE_PATCHES = ("image_size", "patch_size", "images split into whole patches")
@@ -157,6 +160,9 @@ class IJepaConfig(StockIJepaConfig):
         target_average_layers (`int`, defaults to 1): how many of the target encoder's last blocks make the target:
             with K > 1 each block's output is layer-normed, the K are averaged and the mean is layer-normed again
             (data2vec's targets). Not in the paper; 1 (the last block, after the final LayerNorm) reproduces it.
+        prediction_loss (`str`, defaults to `"smooth_l1"`): how the predictions are compared with the targets,
+            averaged over every element: `"smooth_l1"` (the paper's Huber loss with threshold 1, which on
+            layer-normed targets is mostly half the squared error) or `"l1"` (the absolute error, as V-JEPA uses).
 
     The predictor's MLP has the same ratio to its width as the encoder's.
 
@@ -175,6 +181,7 @@ class IJepaConfig(StockIJepaConfig):
     sigreg_loss_weight: float | int = 0.0
     sigreg_num_slices: int = 256
     target_average_layers: int = 1
+    prediction_loss: str = "smooth_l1"
 
     def __post_init__(self, **kwargs):
         if self.predictor_num_attention_heads is None:
@@ -192,8 +199,8 @@ class IJepaConfig(StockIJepaConfig):
         validate_sizes(vars(self), positive=positive, divisible=VIT_DIVISIBLE_SIZES)
 
     def validate_objective(self) -> None:
-        """Part of `@strict`-powered validation: the regulariser weights are not negative, SIGReg has a direction, and
-        the target averages layers the encoder has."""
+        """Part of `@strict`-powered validation: the regulariser weights are not negative, SIGReg has a direction, the
+        target averages layers the encoder has, and the prediction loss is one the model knows."""
         for name in ("variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
@@ -203,6 +210,10 @@ class IJepaConfig(StockIJepaConfig):
             raise ValueError(
                 f"`target_average_layers` must be between 1 and the encoder's {self.num_hidden_layers} layers, got "
                 f"{self.target_average_layers!r}."
+            )
+        if self.prediction_loss not in PREDICTION_LOSSES:
+            raise ValueError(
+                f"`prediction_loss` must be one of {', '.join(PREDICTION_LOSSES)}, got {self.prediction_loss!r}."
             )
 
     @property

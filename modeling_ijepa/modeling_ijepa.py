@@ -160,6 +160,10 @@ def num_mask_draws(num_images: int, context_indices: torch.Tensor) -> int:
     return num_rows // num_images
 
 
+# `config.prediction_loss` -> its loss between predictions and targets, averaged over every element.
+PREDICTION_LOSS_FUNCTIONS = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss}
+
+
 def variance_covariance_loss(
     features: torch.Tensor, variance_weight: float, covariance_weight: float, epsilon: float = 1e-4
 ) -> torch.Tensor:
@@ -535,9 +539,10 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         encoder and the predictor run on every draw (the images are repeated for the context encoder). The loss is
         the mean over all draws, equal to that of the `B * N` rows with each image repeated `N` times.
 
-        With `config.variance_loss_weight` or `config.covariance_loss_weight` non-zero, the loss adds their
-        variance-covariance term (`variance_covariance_loss`) on the context-encoder output, all `B * N * Kc`
-        tokens as samples; with `config.sigreg_loss_weight` non-zero, SIGReg on the same tokens
+        The prediction loss is `config.prediction_loss` (the paper's smooth L1, or L1) over every element of the
+        predicted target tokens. With `config.variance_loss_weight` or `config.covariance_loss_weight` non-zero, the
+        loss adds their variance-covariance term (`variance_covariance_loss`) on the context-encoder output, all
+        `B * N * Kc` tokens as samples; with `config.sigreg_loss_weight` non-zero, SIGReg on the same tokens
         (`sketched_isotropic_gaussian_loss`, `config.sigreg_num_slices` directions).
         """
         self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
@@ -552,7 +557,7 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         context_pixels = pixel_values.repeat_interleave(num_draws, dim=0) if num_draws > 1 else pixel_values
         context_hidden_states = self.context_encoder(context_pixels, context_indices=context_indices).last_hidden_state
         predictions = self.predictor(context_hidden_states, context_indices, target_indices)
-        loss = F.smooth_l1_loss(predictions, targets)
+        loss = PREDICTION_LOSS_FUNCTIONS[self.config.prediction_loss](predictions, targets)
         prediction_loss = regularisation_loss = None
         variance_weight = self.config.variance_loss_weight
         covariance_weight = self.config.covariance_loss_weight

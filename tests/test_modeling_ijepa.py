@@ -302,6 +302,24 @@ def test_regulariser_is_off_by_default_and_costs_nothing(tiny_ijepa_config, monk
     assert torch.equal(output.loss, torch.nn.functional.smooth_l1_loss(output.predictions, output.targets))
 
 
+def test_l1_prediction_loss_is_the_mean_absolute_error_and_unknown_losses_are_refused(tiny_ijepa_config):
+    from modeling_ijepa.configuration_ijepa import PREDICTION_LOSSES
+    from modeling_ijepa.modeling_ijepa import PREDICTION_LOSS_FUNCTIONS
+
+    assert tuple(PREDICTION_LOSS_FUNCTIONS) == PREDICTION_LOSSES
+    assert tiny_ijepa_config.prediction_loss == "smooth_l1"  # the paper's
+    config = IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), "prediction_loss": "l1"})
+    model = IJepaForPreTraining(config)
+    context, target = random_indices()
+    output = model(torch.randn(2, 3, 32, 32), context, target)
+    expected = (output.predictions - output.targets).abs().mean()
+    torch.testing.assert_close(output.loss, expected)
+    # Errors under 1 make smooth L1 half the squared error: the two losses differ on the same predictions.
+    assert not torch.allclose(expected, torch.nn.functional.smooth_l1_loss(output.predictions, output.targets))
+    with pytest.raises(ValueError, match="`prediction_loss` must be one of smooth_l1, l1, got 'l2'"):
+        IJepaConfig.from_dict({**tiny_ijepa_config.to_dict(), "prediction_loss": "l2"})
+
+
 def test_variance_covariance_loss_matches_its_definition():
     from modeling_ijepa.modeling_ijepa import variance_covariance_loss
 

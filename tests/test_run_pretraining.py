@@ -482,6 +482,18 @@ def test_a_run_with_averaged_target_layers_saves_them_and_refuses_what_the_encod
         run_pretraining.parse_args(["--modality", "video", "--target_average_layers", "2"])
 
 
+def test_a_run_with_the_l1_prediction_loss_saves_it_and_video_refuses_it(tmp_path):
+    state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
+                                            "--prediction_loss", "l1"))
+    assert state["global_step"] == 2
+    assert IJepaForPreTraining.from_pretrained(tmp_path / "pretraining").config.prediction_loss == "l1"
+    assert "prediction_loss" not in json.loads((tmp_path / "config.json").read_text())  # stock config: no such field
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run_pretraining.parse_args([*TINY, "--prediction_loss", "l2"])
+    with pytest.raises(ValueError, match="--prediction_loss is an image"):
+        run_pretraining.parse_args(["--modality", "video", "--prediction_loss", "l1"])
+
+
 def test_a_global_batch_size_sets_the_accumulation_for_the_number_of_processes(tmp_path):
     from modeling_ijepa.training.runtime import accumulation_for
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from modeling_ijepa.cli import HelpFormatter, float_pair
-from modeling_ijepa.configuration_ijepa import VIT_DIVISIBLE_SIZES, VIT_SIZES, validate_sizes
+from modeling_ijepa.configuration_ijepa import PREDICTION_LOSSES, VIT_DIVISIBLE_SIZES, VIT_SIZES, validate_sizes
 from modeling_ijepa.configuration_vjepa import FRAME_TUBELETS, VIDEO_SIZES
 from modeling_ijepa.data.masking import MultiBlockMaskCollator, as_range
 from modeling_ijepa.data.streaming import check_streaming_arguments
@@ -152,6 +152,9 @@ def add_model_arguments(group) -> None:
     group.add_argument("--target_average_layers", type=int, default=1,
                        help="Images: the target is the mean of the target encoder's last K blocks, each layer-normed, "
                             "layer-normed again (as in data2vec). 1 (the last block) reproduces the paper.")
+    group.add_argument("--prediction_loss", choices=PREDICTION_LOSSES, default="smooth_l1",
+                       help="Images: how predictions are compared with the targets: 'smooth_l1' (the paper's) or "
+                            "'l1' (the absolute error, V-JEPA's).")
 
 
 def add_masking_arguments(group) -> None:
@@ -466,7 +469,7 @@ def validate(args: argparse.Namespace) -> None:
     validate_numbers(args)
     if args.modality == "video":
         for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0),
-                          ("sigreg_loss_weight", 0.0), ("target_average_layers", 1)):
+                          ("sigreg_loss_weight", 0.0), ("target_average_layers", 1), ("prediction_loss", "smooth_l1")):
             if getattr(args, name) != off:
                 raise ValueError(f"--{name} is an image (I-JEPA) option: it is not available with --modality video.")
     if args.modality == "image" and args.architecture != "vjepa":

@@ -63,7 +63,8 @@ VJEPA2_FIELDS = {
 
 # The pretraining objective's fields of an I-JEPA config: a run sets them even on a model it continues.
 IJEPA_OBJECTIVE_FIELDS = (
-    "variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight", "sigreg_num_slices", "target_average_layers"
+    "variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight", "sigreg_num_slices",
+    "target_average_layers", "prediction_loss",
 )
 
 
@@ -75,7 +76,7 @@ def model_type_of(args) -> str:
 def build_model(args):
     """A new pretraining model with the size arguments, or the one saved at --model_name_or_path. An I-JEPA model
     takes this run's training objective (--variance_loss_weight, --covariance_loss_weight, --sigreg_loss_weight,
-    --sigreg_num_slices, --target_average_layers) either way."""
+    --sigreg_num_slices, --target_average_layers, --prediction_loss) either way."""
     objective = {name: getattr(args, name) for name in IJEPA_OBJECTIVE_FIELDS}
     if args.model_name_or_path:
         model = load_pretraining_model(args)
