@@ -482,14 +482,15 @@ def test_a_run_with_averaged_target_layers_saves_them_and_refuses_what_the_encod
         run_pretraining.parse_args(["--modality", "video", "--target_average_layers", "2"])
 
 
-def test_a_run_with_the_l1_prediction_loss_saves_it_and_video_refuses_it(tmp_path):
+def test_a_run_with_the_l1_prediction_loss_saves_it_and_video_refuses_it(tmp_path, capsys):
     state = run_pretraining.main(cifar_args(tmp_path, "--max_train_samples", "32", "--max_train_steps", "2",
                                             "--prediction_loss", "l1"))
     assert state["global_step"] == 2
     assert IJepaForPreTraining.from_pretrained(tmp_path / "pretraining").config.prediction_loss == "l1"
     assert "prediction_loss" not in json.loads((tmp_path / "config.json").read_text())  # stock config: no such field
-    with pytest.raises(SystemExit):  # argparse names the choices
+    with pytest.raises(SystemExit):
         run_pretraining.parse_args([*TINY, "--prediction_loss", "l2"])
+    assert "argument --prediction_loss: invalid choice: 'l2'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--prediction_loss is an image"):
         run_pretraining.parse_args(["--modality", "video", "--prediction_loss", "l1"])
 
