@@ -131,6 +131,10 @@ VARIANTS = {
     # Fifteenth round: V-JEPA's L1 prediction loss. On layer-normed targets the paper's smooth L1 is mostly half the
     # squared error, which weighs the few large errors most; L1 weighs every error alike.
     "recipe+bf16+l1_loss": [*RECIPE_BF16, "--prediction_loss", "l1"],
+    # Sixteenth round: batch 64 at equal time. Batch 256 (fifth round) gave fewer steps and lost kNN: the steps
+    # counted more than the images, so half the batch may gain from nearly twice the steps.
+    "recipe+bf16+batch_64": [*RECIPE_BF16, "--per_device_train_batch_size", "64"],
+    "recipe+bf16+batch_32": [*RECIPE_BF16, "--per_device_train_batch_size", "32"],
 }
 # Variants that run a fraction of --max_train_steps: the steps that take as long as the others' on 2 CPU cores. A
 # step of batch 256 took 1.66x one of batch 128 in a first timing (0.72 against 0.43 s, bf16 autocast), hence 0.6;
@@ -143,9 +147,13 @@ VARIANTS = {
 # 1.27 s a step, benchmarks/results/step_phases_avx2_variants.json).
 # Two mask draws per image: 0.63x the recipe's images per second under bf16 autocast on 2 AMD EPYC cores with AVX-512
 # (0.87 against 0.58 s a step; benchmarks/results/step_phases_avx512_two_mask_draws.json).
+# Batch 64: 0.54x the recipe's step there (0.273 against 0.505 s, 0.92x the images per second;
+# benchmarks/results/step_phases_avx512_batch_64.json), hence 1.85 times the steps. Batch 32: 0.33x (0.168 against
+# 0.509 s, 0.78x the images per second; step_phases_avx512_batch_64_32.json), hence 3.03 times.
 EQUAL_TIME_STEP_FRACTION = {
     "recipe+bf16+batch_256": 0.6, "recipe+bf16+width_256": 0.79, "recipe+bf16+depth_12": 0.63,
-    "recipe+min_context_16": 0.79, "recipe+bf16+two_mask_draws": 0.63,
+    "recipe+min_context_16": 0.79, "recipe+bf16+two_mask_draws": 0.63, "recipe+bf16+batch_64": 1.85,
+    "recipe+bf16+batch_32": 3.03,
 }
 METRICS = ("linear_top1", "knn_top1")
 

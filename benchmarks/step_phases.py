@@ -100,13 +100,15 @@ class TimedStep:
             self.phases[phase].append(seconds)
 
 
-def batch_multiple(options: list[str]) -> int:
-    """A variant's batch as a multiple of the recipe's, so that `--extra`'s smaller batch scales with it."""
+def variant_batch(options: list[str], batch: int) -> int:
+    """A variant's batch for a recipe run at `batch`: the variant's batch in the same ratio to the recipe's, so that
+    `--extra`'s smaller batch scales with it (half the recipe's batch stays half)."""
     variant = parse_recipe(["--config", str(RECIPE), *options]).per_device_train_batch_size
     recipe = parse_recipe(["--config", str(RECIPE)]).per_device_train_batch_size
-    if variant % recipe:
-        raise ValueError(f"A variant's batch ({variant}) must be a multiple of the recipe's ({recipe}).")
-    return variant // recipe
+    if (batch * variant) % recipe:
+        raise ValueError(f"A variant's batch ({variant}) scaled to a recipe batch of {batch} must be whole: "
+                         f"{batch} x {variant} / {recipe} is not.")
+    return batch * variant // recipe
 
 
 def main(argv=None) -> dict:
@@ -125,7 +127,7 @@ def main(argv=None) -> dict:
     steps = {"recipe": TimedStep(recipe, batch)}
     for name in args.variants:
         variant = parse_recipe(["--config", str(RECIPE), *args.extra, *VARIANTS[name]])
-        steps[name] = TimedStep(variant, batch * batch_multiple(VARIANTS[name]))
+        steps[name] = TimedStep(variant, variant_batch(VARIANTS[name], batch))
     with float32_matmul_precision(recipe.matmul_precision):  # as the training loop sets it, restored after
         seconds = interleaved_seconds(steps, repeats=args.repeats, warmup=args.warmup)
     rows = []

@@ -181,3 +181,14 @@ def test_step_phases_variants_are_the_ablations_on_top_of_either_recipe_base():
     assert step_phases.VARIANTS["bf16_autocast"] == ["--mixed_precision", "bf16"]
     prefixed = [name for name in ablation_cifar10.VARIANTS if name.startswith("recipe+")]
     assert len(prefixed) + 1 == len(step_phases.VARIANTS)  # and the speed-only SDPA variant
+
+
+def test_step_phases_scales_a_variants_batch_with_the_recipes():
+    from benchmarks import step_phases
+
+    # The recipe's 128 run at 4 (a test's --extra): batch 256 doubles it, batch 64 halves it.
+    assert step_phases.variant_batch(step_phases.VARIANTS["batch_256"], 4) == 8
+    assert step_phases.variant_batch(step_phases.VARIANTS["batch_64"], 4) == 2
+    assert step_phases.variant_batch(step_phases.VARIANTS["depth_12"], 4) == 4
+    with pytest.raises(ValueError, match=r"3 x 64 / 128 is not"):
+        step_phases.variant_batch(step_phases.VARIANTS["batch_64"], 3)
