@@ -131,8 +131,8 @@ VARIANTS = {
     # Fifteenth round: V-JEPA's L1 prediction loss. On layer-normed targets the paper's smooth L1 is mostly half the
     # squared error, which weighs the few large errors most; L1 weighs every error alike.
     "recipe+bf16+l1_loss": [*RECIPE_BF16, "--prediction_loss", "l1"],
-    # Sixteenth round: batch 64 at equal time. Batch 256 (fifth round) gave fewer steps and lost kNN: the steps
-    # counted more than the images, so half the batch may gain from nearly twice the steps.
+    # Sixteenth round: batches 64 and 32 at equal time. Batch 256 (fifth round) gave fewer steps and lost kNN: the
+    # steps counted more than the images, so a smaller batch may gain from its extra steps.
     "recipe+bf16+batch_64": [*RECIPE_BF16, "--per_device_train_batch_size", "64"],
     "recipe+bf16+batch_32": [*RECIPE_BF16, "--per_device_train_batch_size", "32"],
 }
