@@ -64,6 +64,7 @@ def test_quality_benchmark_end_to_end(tmp_path):
     assert all(row["seed"] == 0 for row in written)
     assert table.startswith("| method | seed | budget_minutes | images_seen | linear_top1 | lowshot_top1 |")
     assert all(f"| {method} |" in table for method in ("ijepa", "mae", "random"))
+    assert f"--budget_minutes 0.1 {' '.join(TINY)} --seed S`" in table  # the command that reproduces it
     for name in ("loss_curves", "ijepa_collapse", "masks"):
         with Image.open(results_dir / f"quality_cifar10_{name}.png") as picture:
             assert picture.width > 400 and picture.height > 200, name
@@ -176,6 +177,26 @@ def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
         assert getattr(mae, name) == getattr(ijepa, name), name
     # The recipe's, so the check above is not vacuous.
     assert mae.in_memory_data and mae.matmul_precision == "medium" and mae.mixed_precision == "auto"
+
+
+def test_mae_learning_rate_scales_maes_whole_schedule_and_is_recorded(capsys):
+    """`--mae_learning_rate` moves MAE's peak and the start of its warmup by the same factor, leaves I-JEPA's alone,
+    and the row's recipe text names the rate MAE ran with."""
+    from benchmarks import mae_pretraining
+    from modeling_ijepa.training import arguments
+
+    ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG)])
+    mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, 7.5e-5) + ["--max_train_steps", "1"])
+    factor = 7.5e-5 / ijepa.learning_rate
+    assert mae.learning_rate == pytest.approx(7.5e-5)
+    assert mae.start_lr == pytest.approx(ijepa.start_lr * factor)
+    assert mae.final_lr == ijepa.final_lr
+    assert "lr 7.5e-05 " in quality_cifar10.recipe_text("mae", ijepa, 0.1, 7.5e-5)
+    assert f"lr {ijepa.learning_rate:g} " in quality_cifar10.recipe_text("mae", ijepa, 0.1)
+    assert f"lr {ijepa.learning_rate:g} " in quality_cifar10.recipe_text("ijepa", ijepa, 0.1, 7.5e-5)
+    with pytest.raises(SystemExit):
+        quality_cifar10.parse_args(["--mae_learning_rate", "0"])
+    assert "--mae_learning_rate must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("folds", ["0", "11"])
