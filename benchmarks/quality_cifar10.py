@@ -529,9 +529,8 @@ def write_table(rows: list[dict], all_rows: list[dict], args, ijepa, results_dir
         f"(low-shot: {args.lowshot_sweep_folds}-fold cross-validation over its labelled images, L2 strengths "
         f"{min(args.lowshot_weight_decays):g} to {max(args.lowshot_weight_decays):g}). "
         f"Made by `python -m benchmarks.quality_cifar10 --budget_minutes {args.budget_minutes:g}{overrides} --seed S` "
-        "for "
-        f"seed S in {', '.join(str(seed) for seed in sorted({seed_of(row) for row in same_setting}))}; pictures of "
-        f"seed {args.seed}."
+        f"for seed S in {', '.join(str(seed) for seed in sorted({seed_of(row) for row in same_setting}))}; pictures "
+        f"of seed {args.seed}."
     )
     recipes = "\n".join(f"- `{row['method']}`: {row['recipe']}" for row in rows)
     pictures = " ".join(f"![{title}]({name})" for title, name in PICTURES.items() if (results_dir / name).is_file())
