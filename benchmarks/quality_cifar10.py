@@ -8,8 +8,8 @@ each pretrained for the same wall-clock budget, then probed the same way.
    the recipe `configs/cifar10_quality.yaml` on the training split.
 2. MAE: `benchmarks.mae_pretraining` (`transformers.ViTMAEForPreTraining` on the same training loop): the same
    encoder, a decoder the size of I-JEPA's predictor, 75% masking, per-patch normalised pixel loss, the same data
-   and augmentation, the same batch size and peak learning rate (`--mae_learning_rate` gives it another), its own
-   paper's AdamW settings.
+   and augmentation, the same batch size and learning-rate schedule, with its own paper's peak learning rate
+   (1.5e-4 x batch / 256; `--mae_learning_rate` gives it another) and AdamW settings.
    Both runs stop at `--budget_minutes` (`--max_train_minutes`), and their schedules (warmup, cosine, EMA) are
    sized to end there: a short calibration run of each measures its step time first, and `--max_train_steps` is
    set to the number of steps that fit in the budget.
@@ -108,6 +108,8 @@ UNTIMED_STEPS = 10
 TABLE_COLUMNS = [
     "method", "seed", "budget_minutes", "images_seen", "linear_top1", "lowshot_top1", "knn_top1", "steps", "device",
 ]
+# MAE's paper (He et al., 2022): peak learning rate = this x batch / 256.
+MAE_BASE_LEARNING_RATE = 1.5e-4
 # Overrides of the recipe's model size and batch, for quick runs and the smoke test.
 SIZE_OVERRIDES = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "predictor_hidden_size",
@@ -158,8 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
              "26 of its 30 minutes.")
     add("--warmup_fraction", type=float, default=0.1, help="Learning-rate warmup, as a fraction of all steps.")
     add("--mae_learning_rate", type=float, default=None,
-        help="MAE's peak learning rate (default: the I-JEPA recipe's); the start of its warmup scales with it. MAE's "
-             "paper rule, 1.5e-4 x batch / 256, gives 7.5e-5 at the recipe's batch of 128.")
+        help="MAE's peak learning rate (default: its paper's rule, 1.5e-4 x batch / 256, so 7.5e-5 at the recipe's "
+             "batch of 128); the start of its warmup scales with it. 5e-4, the I-JEPA recipe's peak, reproduces "
+             "the MAE rows made before this default.")
     add("--skip_pretraining", action="store_true",
         help="Probe the encoders a previous run left in --output_dir instead of pretraining again.")
     sizes = parser.add_argument_group("model size (default: the recipe's; MAE follows I-JEPA)")
@@ -200,17 +203,20 @@ def ijepa_argv(args) -> list[str]:
     return argv
 
 
-def mae_argv(ijepa, learning_rate: float | None = None) -> list[str]:
-    """benchmarks.mae_pretraining arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
-    batch and learning-rate schedule; a decoder the size of the predictor. A peak `learning_rate` other than the
-    recipe's scales the schedule's start with it (the end, near zero, stays). MAE keeps its own paper's AdamW betas
-    (0.9, 0.95) and constant weight decay 0.05 (benchmarks.mae_pretraining's defaults).
+def mae_paper_learning_rate(batch_size: int) -> float:
+    """MAE's peak learning rate for `batch_size` images per step: its paper's rule, a base rate per 256 images."""
+    return MAE_BASE_LEARNING_RATE * batch_size / 256
 
-    The shared batch and learning rate were tuned on I-JEPA: at batch 64 with peak 5e-4, MAE fell below random
-    initialisation in the 30-minute run (37.2% linear top-1; README, Quality), so a recipe with another batch needs
-    MAE checked at it before its gap over MAE means anything. At the recipe's batch, MAE's paper rule (7.5e-5) gave
-    MAE 3.2 points more linear top-1 than the shared 5e-4 (seed 0; README, Quality): the shared rate understates MAE."""
-    learning_rate = ijepa.learning_rate if learning_rate is None else learning_rate
+
+def mae_argv(ijepa, learning_rate: float) -> list[str]:
+    """benchmarks.mae_pretraining arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
+    batch and shape of the learning-rate schedule; a decoder the size of the predictor. The peak `learning_rate`
+    scales the schedule's start with it (the end, near zero, stays). MAE keeps its own paper's AdamW betas (0.9,
+    0.95) and constant weight decay 0.05 (benchmarks.mae_pretraining's defaults).
+
+    Why not I-JEPA's peak (5e-4 at batch 128, 6.7 times MAE's rule), as the benchmark once did: with it MAE fell
+    below random initialisation at batch 64 and at width 256, and at the recipe's batch MAE's rule gave it 3.2 points
+    more linear top-1 (seed 0; README, Quality). A shared rate tuned on I-JEPA understates MAE."""
     values = {
         "dataset_name": ijepa.dataset_name, "dataset_config_name": ijepa.dataset_config_name,
         "train_dir": ijepa.train_dir, "train_split": ijepa.train_split, "image_column_name": ijepa.image_column_name,
@@ -447,7 +453,7 @@ def goals_over_seeds(rows: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: float | None = None) -> str:
+def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: float) -> str:
     warmup = f"{warmup_fraction:.0%} warmup, cosine"
     if method == "ijepa":
         tuning_note = TUNING_NOTE if Path(ijepa.config).resolve() == DEFAULT_CONFIG else ""
@@ -464,7 +470,7 @@ def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: f
         return (
             f"ViTMAEForPreTraining, mask ratio 0.75, norm_pix_loss, decoder {ijepa.predictor_hidden_size}x"
             f"{ijepa.predictor_num_hidden_layers}, batch {ijepa.per_device_train_batch_size}, AdamW (0.9, 0.95) "
-            f"lr {mae_learning_rate or ijepa.learning_rate:g} ({warmup}), weight decay 0.05, same data and "
+            f"lr {mae_learning_rate:g} ({warmup}), weight decay 0.05, same data and "
             "augmentation as I-JEPA"
         )
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
@@ -554,7 +560,8 @@ def main(argv=None) -> list[dict]:
         args.feature_layers = ijepa.probe_feature_layers
     if not 1 <= args.feature_layers <= ijepa.num_hidden_layers:
         raise SystemExit(f"--feature_layers {args.feature_layers}: the encoders have {ijepa.num_hidden_layers} layers.")
-    argvs = {"ijepa": base_argv, "mae": mae_argv(ijepa, args.mae_learning_rate)}
+    mae_learning_rate = args.mae_learning_rate or mae_paper_learning_rate(ijepa.per_device_train_batch_size)
+    argvs = {"ijepa": base_argv, "mae": mae_argv(ijepa, mae_learning_rate)}
     model_dirs = {"ijepa": output_dir / "ijepa", "mae": output_dir / "mae", "random": output_dir / "random_init"}
 
     rows = []
@@ -575,7 +582,7 @@ def main(argv=None) -> list[dict]:
             "lowshot_weight_decays": args.lowshot_weight_decays,
             "feature_layers": args.feature_layers,
             "probe_feature_normalisations": args.probe_feature_normalisations,
-            "recipe": recipe_text(row["method"], ijepa, args.warmup_fraction, args.mae_learning_rate),
+            "recipe": recipe_text(row["method"], ijepa, args.warmup_fraction, mae_learning_rate),
             "encoder": display_path(model_dirs[row["method"]]),
             "machine": machine(),
         }

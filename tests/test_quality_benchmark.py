@@ -59,6 +59,8 @@ def test_quality_benchmark_end_to_end(tmp_path):
         assert 0 < row["steps"] <= row["planned_steps"] and row["images_seen"] == 32 * row["steps"]
         assert row["calibrated_images_per_second"] > 0 and row["device"] == "cpu"
     assert written[2]["images_seen"] == 0
+    # MAE ran at its own paper's peak learning rate for the batch: 1.5e-4 x 32 / 256.
+    assert "lr 1.875e-05 " in written[1]["recipe"]
 
     table = (results_dir / "quality_cifar10.md").read_text()
     assert all(row["seed"] == 0 for row in written)
@@ -170,21 +172,23 @@ def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
     from modeling_ijepa.training import arguments
 
     ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG), "--horizontal_flip", "0.5"])
-    mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa) + ["--max_train_steps", "1"])
+    mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, 7.5e-5) + ["--max_train_steps", "1"])
     for name in ("in_memory_data", "max_in_memory_gib", "horizontal_flip", "crop_scale", "matmul_precision",
                  "attn_implementation", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
-                 "per_device_train_batch_size", "learning_rate", "mixed_precision"):
+                 "per_device_train_batch_size", "final_lr", "mixed_precision"):
         assert getattr(mae, name) == getattr(ijepa, name), name
     # The recipe's, so the check above is not vacuous.
     assert mae.in_memory_data and mae.matmul_precision == "medium" and mae.mixed_precision == "auto"
 
 
 def test_mae_learning_rate_scales_maes_whole_schedule_and_is_recorded(capsys):
-    """`--mae_learning_rate` moves MAE's peak and the start of its warmup by the same factor, leaves I-JEPA's alone,
-    and the row's recipe text names the rate MAE ran with."""
+    """MAE's peak learning rate follows its own paper's rule unless `--mae_learning_rate` says otherwise; it moves
+    the start of MAE's warmup by the same factor, leaves I-JEPA's alone, and the row's recipe text names it."""
     from benchmarks import mae_pretraining
     from modeling_ijepa.training import arguments
 
+    assert quality_cifar10.mae_paper_learning_rate(128) == pytest.approx(7.5e-5)
+    assert quality_cifar10.mae_paper_learning_rate(4096) == pytest.approx(2.4e-3)  # the MAE paper's ViT-L setting
     ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG)])
     mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, 7.5e-5) + ["--max_train_steps", "1"])
     factor = 7.5e-5 / ijepa.learning_rate
@@ -192,7 +196,6 @@ def test_mae_learning_rate_scales_maes_whole_schedule_and_is_recorded(capsys):
     assert mae.start_lr == pytest.approx(ijepa.start_lr * factor)
     assert mae.final_lr == ijepa.final_lr
     assert "lr 7.5e-05 " in quality_cifar10.recipe_text("mae", ijepa, 0.1, 7.5e-5)
-    assert f"lr {ijepa.learning_rate:g} " in quality_cifar10.recipe_text("mae", ijepa, 0.1)
     assert f"lr {ijepa.learning_rate:g} " in quality_cifar10.recipe_text("ijepa", ijepa, 0.1, 7.5e-5)
     with pytest.raises(SystemExit):
         quality_cifar10.parse_args(["--mae_learning_rate", "0"])
