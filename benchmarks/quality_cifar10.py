@@ -215,8 +215,8 @@ def mae_argv(ijepa, learning_rate: float) -> list[str]:
     0.95) and constant weight decay 0.05 (benchmarks.mae_pretraining's defaults).
 
     Why not I-JEPA's peak (5e-4 at batch 128, 6.7 times MAE's rule), as the benchmark once did: with it MAE fell
-    below random initialisation at batch 64 and at width 256, and at the recipe's batch MAE's rule gave it 3.2 points
-    more linear top-1 (seed 0; README, Quality). A shared rate tuned on I-JEPA understates MAE."""
+    below random initialisation at batch 64 and at width 256, and at the recipe's batch MAE's rule gave it 3.1 points
+    more linear top-1 (mean of three seeds; README, Quality). A shared rate tuned on I-JEPA understates MAE."""
     values = {
         "dataset_name": ijepa.dataset_name, "dataset_config_name": ijepa.dataset_config_name,
         "train_dir": ijepa.train_dir, "train_split": ijepa.train_split, "image_column_name": ijepa.image_column_name,
@@ -470,8 +470,7 @@ def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: f
         return (
             f"ViTMAEForPreTraining, mask ratio 0.75, norm_pix_loss, decoder {ijepa.predictor_hidden_size}x"
             f"{ijepa.predictor_num_hidden_layers}, batch {ijepa.per_device_train_batch_size}, AdamW (0.9, 0.95) "
-            f"lr {mae_learning_rate:g} ({warmup}), weight decay 0.05, same data and "
-            "augmentation as I-JEPA"
+            f"lr {mae_learning_rate:g} ({warmup}), weight decay 0.05, same data and augmentation as I-JEPA"
         )
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
 
