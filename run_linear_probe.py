@@ -8,7 +8,8 @@
 `python run_linear_probe.py --help` lists every argument; the work is done by `modeling_ijepa.evaluation`.
 """
 
+from modeling_ijepa.cli import run_entry_point
 from modeling_ijepa.evaluation.linear_probe import main
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

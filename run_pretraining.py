@@ -10,10 +10,11 @@ download. At the end `--output_dir` holds the target encoder in transformers' fo
 `pretraining/`, the training curves and a model card; `--push_to_hub` uploads it.
 """
 
+from modeling_ijepa.cli import run_entry_point
 from modeling_ijepa.training.arguments import parse_args
 from modeling_ijepa.training.pretraining import main
 
 __all__ = ["main", "parse_args"]
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

@@ -27,7 +27,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from modeling_ijepa.cli import configure_logging, scoped_accelerator_state
+from modeling_ijepa.cli import configure_logging, run_entry_point, scoped_accelerator_state
 from modeling_ijepa.data.pipeline import build_training_data
 from modeling_ijepa.data.skipping import check_data_was_usable
 from modeling_ijepa.hub.export import image_processor_for
@@ -188,4 +188,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)

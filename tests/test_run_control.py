@@ -168,3 +168,38 @@ def test_two_processes_stop_together_when_only_one_is_signalled_and_resume_bitwi
     assert_same_weights(interrupted / "pretraining", uninterrupted / "pretraining")
     logs = [(folder / "training_log.jsonl").read_text() for folder in (uninterrupted, interrupted)]
     assert logs[0] == logs[1]
+
+
+# ------------------------------------------------------------------------------------------ the end of a process
+
+# A command's entry point: logs and prints, registers a step of the interpreter's finalization (an atexit function),
+# then returns or raises.
+ENTRY_POINT_SCRIPT = """
+import atexit, logging, sys
+from modeling_ijepa.cli import configure_logging, run_entry_point
+
+def main():
+    configure_logging()
+    atexit.register(lambda: print("finalized", flush=True))
+    logging.getLogger("command").info("logged")
+    sys.stdout.write("printed, unflushed")
+    if sys.argv[1] == "raise":
+        raise RuntimeError("the run failed")
+
+run_entry_point(main)
+"""
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+@pytest.mark.parametrize("outcome", ["return", "raise"])
+def test_a_distributed_process_ends_without_finalizing_after_main_returns(world_size, outcome):
+    result = subprocess.run([sys.executable, "-c", ENTRY_POINT_SCRIPT, outcome], cwd=REPO_ROOT,
+                            env=os.environ | SCRIPT_ENV | {"WORLD_SIZE": world_size}, capture_output=True, text=True)
+    # Output and logs are flushed in every case.
+    assert "printed, unflushed" in result.stdout and "INFO command: logged" in result.stderr
+    if outcome == "raise":  # an error propagates as usual, through the interpreter's finalization
+        assert result.returncode == 1 and "RuntimeError: the run failed" in result.stderr
+        assert "finalized" in result.stdout
+    else:  # success: a process of a distributed run skips the finalization, a lone process does not
+        assert result.returncode == 0, result.stderr
+        assert ("finalized" in result.stdout) == (world_size == "1")

@@ -21,7 +21,6 @@ full state of the model) and, unless resuming, `{RESULT stem}-{sharding}-initial
 import argparse
 import faulthandler
 import functools
-import gc
 import json
 import os
 import time
@@ -34,6 +33,7 @@ from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator
+from modeling_ijepa.cli import run_entry_point
 from modeling_ijepa.training import sharded_checkpointing
 from modeling_ijepa.training.checkpointing import TEMPORARY_PREFIX
 from modeling_ijepa.training.optimization import PretrainingStep, build_optimizer
@@ -225,12 +225,8 @@ def main(argv=None):
         result[sharding] = train(args, accelerator, images, sharding)
     if accelerator.is_main_process:
         args.result.write_text(json.dumps(result, indent=1))
-    # Every rank leaves together, with no tensor of the run left for the interpreter's teardown: a rank that tears
-    # its group down while the main process still writes, or whose gloo work outlives the group, can abort at exit.
-    accelerator.wait_for_everyone()
-    gc.collect()
     accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point(main)  # a rank ends without finalizing the interpreter, which can abort after gloo collectives
