@@ -63,8 +63,9 @@ def scoped_accelerator_state():
 
 def run_entry_point(main: Callable[[], object]) -> None:
     """Run a command's `main()` as its script's entry point. A process of a distributed run (`WORLD_SIZE` > 1) whose
-    `main` returned then ends at once with exit code 0, its logs and output flushed, without finalizing the
-    interpreter; an exception propagates as usual.
+    `main` returned, or ended on purpose with an exit code (`SystemExit`, as a preempted run does once its checkpoint
+    is written), then ends at once with that code (0 when it returned), its logs and output flushed, without
+    finalizing the interpreter; any other exception propagates as usual.
 
     Why: with FSDP2 over gloo the process group outlives `destroy_process_group` (`torch.distributed.nn`, imported
     with the DTensor machinery after the group exists, keeps it as a default argument of its functions), and so do
@@ -75,12 +76,20 @@ def run_entry_point(main: Callable[[], object]) -> None:
     ended later than the other aborted so, none of 60 through this function. Nothing is left to finalize after
     `main`: its files are closed and its trackers ended (`Accelerator.end_training`).
     """
-    main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    try:
+        main()
+    except SystemExit as stop:
+        if not distributed or not isinstance(stop.code, int | None):
+            raise
+        exit_code = stop.code or 0
+    else:
+        exit_code = 0
+    if distributed:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(exit_code)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

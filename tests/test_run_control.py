@@ -185,13 +185,15 @@ def main():
     sys.stdout.write("printed, unflushed")
     if sys.argv[1] == "raise":
         raise RuntimeError("the run failed")
+    if sys.argv[1] == "exit":
+        sys.exit(75)  # as a preempted run does
 
 run_entry_point(main)
 """
 
 
 @pytest.mark.parametrize("world_size", ["1", "2"])
-@pytest.mark.parametrize("outcome", ["return", "raise"])
+@pytest.mark.parametrize("outcome", ["return", "exit", "raise"])
 def test_a_distributed_process_ends_without_finalizing_after_main_returns(world_size, outcome):
     result = subprocess.run([sys.executable, "-c", ENTRY_POINT_SCRIPT, outcome], cwd=REPO_ROOT,
                             env=os.environ | SCRIPT_ENV | {"WORLD_SIZE": world_size}, capture_output=True, text=True)
@@ -200,6 +202,6 @@ def test_a_distributed_process_ends_without_finalizing_after_main_returns(world_
     if outcome == "raise":  # an error propagates as usual, through the interpreter's finalization
         assert result.returncode == 1 and "RuntimeError: the run failed" in result.stderr
         assert "finalized" in result.stdout
-    else:  # success: a process of a distributed run skips the finalization, a lone process does not
-        assert result.returncode == 0, result.stderr
+    else:  # an end on purpose: a process of a distributed run skips the finalization, a lone process does not
+        assert result.returncode == (75 if outcome == "exit" else 0), result.stderr
         assert ("finalized" in result.stdout) == (world_size == "1")
