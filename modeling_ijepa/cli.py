@@ -67,9 +67,9 @@ def run_entry_point(main: Callable[[], object]) -> None:
     is written), then ends at once with that code (0 when it returned), its logs and output flushed, without
     finalizing the interpreter; any other exception propagates as usual.
 
-    Why: with FSDP2 over gloo the process group outlives `destroy_process_group` (`torch.distributed.nn`, imported
-    with the DTensor machinery after the group exists, keeps it as a default argument of its functions), and so do
-    its worker threads. A worker that drops the tensors of the last collective after the interpreter began to
+    Why: with FSDP2 over gloo the process group outlives `destroy_process_group`, and so do its worker threads:
+    references to it remain (default arguments of `torch.distributed.nn`'s functions when that module is first
+    imported after the group exists, as `torch._dynamo` does; one more after a `fully_shard` model is deleted). A worker that drops the tensors of the last collective after the interpreter began to
     finalize needs the GIL to release their Python objects; Python ends such a thread, and the C++ unwinding aborts
     the process (SIGABRT, "terminate called without an active exception"). A run that had written all of its
     checkpoints and exports would then fail: 11 of 60 launches of a two-process gloo script whose main process
@@ -77,14 +77,13 @@ def run_entry_point(main: Callable[[], object]) -> None:
     `main`: its files are closed and its trackers ended (`Accelerator.end_training`).
     """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    exit_code = 0
     try:
         main()
     except SystemExit as stop:
         if not distributed or not isinstance(stop.code, int | None):
             raise
         exit_code = stop.code or 0
-    else:
-        exit_code = 0
     if distributed:
         logging.shutdown()
         sys.stdout.flush()
