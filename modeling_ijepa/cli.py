@@ -69,12 +69,13 @@ def run_entry_point(main: Callable[[], object]) -> None:
 
     Why: with FSDP2 over gloo the process group outlives `destroy_process_group`, and so do its worker threads:
     references to it remain (default arguments of `torch.distributed.nn`'s functions when that module is first
-    imported after the group exists, as `torch._dynamo` does; one more after a `fully_shard` model is deleted). A worker that drops the tensors of the last collective after the interpreter began to
-    finalize needs the GIL to release their Python objects; Python ends such a thread, and the C++ unwinding aborts
-    the process (SIGABRT, "terminate called without an active exception"). A run that had written all of its
-    checkpoints and exports would then fail: 11 of 60 launches of a two-process gloo script whose main process
-    ended later than the other aborted so, none of 60 through this function. Nothing is left to finalize after
-    `main`: its files are closed and its trackers ended (`Accelerator.end_training`).
+    imported after the group exists, as `torch._dynamo` does; one more after a `fully_shard` model is deleted). A
+    worker that drops the tensors of the last collective after the interpreter began to finalize needs the GIL to
+    release their Python objects; Python ends such a thread, and the C++ unwinding aborts the process (SIGABRT,
+    "terminate called without an active exception"). A run that had written all of its checkpoints and exports
+    would then fail: 11 of 60 launches of a two-process gloo script whose main process ended later than the other
+    aborted so, none of 60 through this function. Nothing is left to finalize after `main`: its files are closed
+    and its trackers ended (`Accelerator.end_training`).
     """
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     exit_code = 0
