@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Images/s of run_pretraining's two image data paths, side by side, on the CPU.
+"""Images/s of run_pretraining's two image data paths, side by side: the data alone, or the whole training step.
 
     python -m benchmarks.in_memory_data --dataset_name ../shared/data/cifar10
+    python -m benchmarks.in_memory_data --train_step --device cuda --settings 32/4 --num_workers 12 \
+        --output_name in_memory_train_step_gpu
 
 per-example: the DataLoader decodes each image with PIL, runs torchvision's random resized crop and
     normalisation on it, collates the batch and draws its masks (`image_data`, `SeededExamples`,
@@ -17,6 +19,13 @@ each path a fresh iterator, lets it warm up, then times `--batches` batches; the
 alternates from round to round, and the speed-up is the median of per-round ratios, so that the slow phases
 of a shared machine fall on both alike. Each round also times merely allocating and filling batches of float32
 pixel values, the bound on any path that hands the model fresh ones.
+
+`--train_step` times the whole step instead: each batch is moved to `--device` (uint8 images on the in-memory path,
+float32 pixel values on the other), cropped there on the in-memory path, and trained on with one step of
+`configs/cifar10_quality.yaml`'s model at the setting's image and patch size (`RecipeStep`: forward under the
+recipe's mixed and matmul precision, backward, AdamW, EMA update), masks drawn by the recipe's collator. Each path
+trains its own copy of the model, from the same initialisation. `--extra` passes run_pretraining.py options on top
+of the recipe (e.g. `--attn_implementation sdpa` on a GPU; the recipe's eager attention is its CPU choice).
 """
 
 import argparse
@@ -38,34 +47,69 @@ from modeling_ijepa.data.images import (
     prepare_image_dataset,
     pretraining_transform,
 )
-from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, resized_crops
+from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, pixel_values_of
+from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
+from modeling_ijepa.training.arguments import parse_args as parse_recipe
+from modeling_ijepa.training.models import build_model
+from modeling_ijepa.training.optimization import build_optimizer
+from modeling_ijepa.training.runtime import float32_matmul_precision, resolve_mixed_precision
 
 PATHS = ("per_example", "in_memory")
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_quality.yaml"
 
 
-def build_loader(examples, image_size: int, patch_size: int, batch_size: int, num_workers: int,
-                 skip_unreadable: bool) -> DataLoader:
+class RecipeStep:
+    """One optimizer step of the recipe's model on `device`, callable on a batch of `pixel_values` `(B, 3, S, S)`,
+    `context_indices` `(B, Kc)` and `target_indices` `(B, M, Kt)` already on that device: forward under the
+    recipe's mixed precision, backward, AdamW, EMA update (the training loop's work, without its logging)."""
+
+    def __init__(self, recipe: argparse.Namespace, device: torch.device):
+        torch.manual_seed(0)
+        self.model = build_model(recipe).to(device).train()
+        self.optimizer = build_optimizer(self.model, lr=recipe.learning_rate)
+        self.device = device
+        self.autocast = resolve_mixed_precision(recipe.mixed_precision, device.type) == "bf16"
+
+    def __call__(self, batch: dict) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.model(batch["pixel_values"], batch["context_indices"], batch["target_indices"]).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.update_target_encoder(0.996)
+
+
+def build_loader(examples, mask_collator, batch_size: int, num_workers: int, skip_unreadable: bool) -> DataLoader:
     """The DataLoader that pretraining builds (`modeling_ijepa.data.pipeline.build_training_data`, one process) over
-    seeded `examples`."""
-    collate = GlobalBatchMaskCollate(MultiBlockMaskCollator(image_size, patch_size, min_context_patches=10, seed=0),
-                                     batch_size)
+    seeded `examples`, with masks from `mask_collator`."""
+    collate = GlobalBatchMaskCollate(mask_collator, batch_size)
     return DataLoader(examples, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=SkipUnreadable(collate) if skip_unreadable else collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0))
+                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
 
 
-def images_per_second(loader: DataLoader, image_size: int, in_memory: bool, warmup: int, batches: int) -> float:
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a timer read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def images_per_second(loader: DataLoader, image_size: int, warmup: int, batches: int,
+                      step: RecipeStep | None = None, device: torch.device = torch.device("cpu")) -> float:
     """Steady-state rate of one fresh iterator: `warmup` untimed batches (worker start-up, filling the queue),
-    then `batches` timed ones, each ending as the model's input."""
+    then `batches` timed ones, each ending as the model's input on `device` or, with `step`, trained on."""
     iterator = iter(loader)
     start = None
     for index in range(warmup + batches):
         if index == warmup:
+            synchronize(device)
             start = time.perf_counter()
-        batch = next(iterator)
-        if in_memory:
-            batch["pixel_values"] = resized_crops(batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips"),
-                                                  image_size)
+        batch = {name: value.to(device, non_blocking=True) for name, value in next(iterator).items()
+                 if isinstance(value, torch.Tensor)}  # not the count of unreadable images
+        batch = pixel_values_of(batch, image_size)  # the in-memory path's crops, made on the device
+        if step is not None:
+            step(batch)
+    synchronize(device)
     seconds = time.perf_counter() - start
     del iterator  # stops its workers before the other path runs
     return batches * loader.batch_size / seconds
@@ -80,14 +124,19 @@ def output_write_rate(batch_size: int, image_size: int, batches: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def compare(loaders: dict, image_size: int, rounds: int, warmup: int, batches: int) -> dict:
+def compare(loaders: dict, image_size: int, rounds: int, warmup: int, batches: int, steps: dict | None = None,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """Median images/s of each path over `rounds` (alternating which runs first) and the median per-round ratio;
+    with `steps` (one `RecipeStep` per path), of the whole training step."""
     rates = {path: [] for path in PATHS}
     write_rates = []
     for round_index in range(rounds):
         order = PATHS if round_index % 2 == 0 else PATHS[::-1]
         for path in order:
-            rates[path].append(images_per_second(loaders[path], image_size, path == "in_memory", warmup, batches))
-        write_rates.append(output_write_rate(loaders["in_memory"].batch_size, image_size, batches))
+            step = steps[path] if steps else None
+            rates[path].append(images_per_second(loaders[path], image_size, warmup, batches, step, device))
+        if not steps:  # a bound on the data alone
+            write_rates.append(output_write_rate(loaders["in_memory"].batch_size, image_size, batches))
     # Ratios of rates, round by round (per_round_ratios takes seconds: baseline / candidate).
     ratios = per_round_ratios([1 / rate for rate in rates["per_example"]], [1 / rate for rate in rates["in_memory"]])
     return {
@@ -97,8 +146,7 @@ def compare(loaders: dict, image_size: int, rounds: int, warmup: int, batches: i
         "speedup_min": ratios[0],
         "speedup_max": ratios[-1],
         "rounds": rounds,
-        "output_write_bound_images_per_s": statistics.median(write_rates),
-    }
+    } | ({"output_write_bound_images_per_s": statistics.median(write_rates)} if write_rates else {})
 
 
 def main(argv=None) -> list[dict]:
@@ -115,8 +163,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--torch_threads", type=int, default=None,
                         help="intra-op threads of the main process (DataLoader workers use one each); on a CPU shared "
                              "with other jobs, 1: two threads wait for each other whenever another job takes a core")
+    parser.add_argument("--train_step", action="store_true",
+                        help="time the whole training step of configs/cifar10_quality.yaml's model, not the data alone")
+    parser.add_argument("--device", default="cpu", help="where batches go (and, with --train_step, train): cpu, cuda")
     parser.add_argument("--output_name", default="in_memory_data")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                        help="with --train_step: run_pretraining.py options on top of the recipe (last on the line)")
     args = parser.parse_args(argv)
+    if args.extra and not args.train_step:
+        parser.error("--extra sets the recipe's options, which only --train_step uses.")
+    device = torch.device(args.device)
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
 
@@ -139,12 +195,23 @@ def main(argv=None) -> list[dict]:
                                           seed=0),
             "in_memory": InMemoryImages(images, seed=0),
         }
+        recipe = parse_recipe(["--config", str(RECIPE), "--image_size", str(image_size), "--patch_size",
+                               str(patch_size), "--per_device_train_batch_size", str(args.batch_size), *args.extra])
+        steps = {path: RecipeStep(recipe, device) for path in PATHS} if args.train_step else None
+        if args.train_step:
+            mask_collators = {path: build_mask_collator(recipe, input_grid(steps[path].model.config), seed=0)
+                              for path in PATHS}
+        else:
+            mask_collators = {path: MultiBlockMaskCollator(image_size, patch_size, min_context_patches=10, seed=0)
+                              for path in PATHS}
         # Unreadable images are dropped at collation on the per-example path, while decoding on the other.
-        loaders = {path: build_loader(examples[path], image_size, patch_size, args.batch_size, args.num_workers,
+        loaders = {path: build_loader(examples[path], mask_collators[path], args.batch_size, args.num_workers,
                                       skip_unreadable=path == "per_example") for path in PATHS}
         row = {"image_size": image_size, "patch_size": patch_size, "batch_size": args.batch_size,
-               "num_workers": args.num_workers}
-        row |= compare(loaders, image_size, args.rounds, args.warmup, args.batches)
+               "num_workers": args.num_workers, "timed": "training step" if args.train_step else "data",
+               "device": str(device)}
+        with float32_matmul_precision(recipe.matmul_precision if args.train_step else None):
+            row |= compare(loaders, image_size, args.rounds, args.warmup, args.batches, steps, device)
         rows.append(row)
         print(markdown_table([row], list(row)), flush=True)
 
@@ -154,6 +221,8 @@ def main(argv=None) -> list[dict]:
         "machine": info,
         "timed_batches_per_round": args.batches,
         "warmup_batches_per_round": args.warmup,
+        "recipe": {"config": str(RECIPE.relative_to(RECIPE.parents[1])), "options": args.extra} if args.train_step
+        else None,
         "dataset": {"name": Path(args.dataset_name).name, "images": len(images), "stored_shape": list(images.shape[1:]),
                     "decode_seconds": decode_seconds, "decoded_mib": images.numel() / 2**20},
         "rows": rows,

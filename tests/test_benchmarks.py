@@ -5,6 +5,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from benchmarks import common, gpu_train_step, in_memory_data, train_step
 
@@ -101,6 +102,42 @@ def test_in_memory_data_benchmark_compares_both_paths_on_a_small_subset(tmp_path
     assert rows[0]["speedup_min"] <= rows[0]["speedup"] <= rows[0]["speedup_max"]
     saved = json.loads((tmp_path / "in_memory_tiny.json").read_text())
     assert saved["dataset"]["images"] == 256 and "cpu_model" in saved["machine"]
+
+
+def test_in_memory_data_benchmark_times_the_recipes_whole_training_step_on_both_paths(tmp_path, monkeypatch):
+    from .conftest import CIFAR10, require
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    steps_taken = []
+    original = in_memory_data.RecipeStep.__call__
+
+    def counted(self, batch):
+        # The step gets the recipe's input on its device, whichever path made it.
+        assert batch["pixel_values"].shape == (16, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
+        assert batch["context_indices"].shape[0] == 16 and batch["target_indices"].shape[:2] == (16, 4)
+        steps_taken.append(self)
+        return original(self, batch)
+
+    monkeypatch.setattr(in_memory_data.RecipeStep, "__call__", counted)
+    rows = in_memory_data.main(["--dataset_name", str(require(CIFAR10)), "--max_train_samples", "128",
+                                "--settings", "32/4", "--batch_size", "16", "--num_workers", "0", "--rounds", "2",
+                                "--warmup", "1", "--batches", "1", "--train_step", "--output_name", "step_tiny",
+                                "--extra", "--hidden_size", "32", "--num_hidden_layers", "2",
+                                "--num_attention_heads", "2", "--predictor_hidden_size", "16",
+                                "--predictor_num_attention_heads", "2", "--probe_feature_layers", "1"])
+    # Two rounds of two batches (one untimed) on each path, each path training its own model.
+    assert len(steps_taken) == 8 and len({id(step) for step in steps_taken}) == 2
+    assert all(step.model.config.hidden_size == 32 for step in steps_taken)
+    assert rows[0]["timed"] == "training step" and "output_write_bound_images_per_s" not in rows[0]
+    assert rows[0]["speedup_min"] <= rows[0]["speedup"] <= rows[0]["speedup_max"]
+    saved = json.loads((tmp_path / "step_tiny.json").read_text())
+    assert saved["recipe"]["options"][:2] == ["--hidden_size", "32"]
+
+
+def test_in_memory_data_benchmark_refuses_recipe_options_without_the_training_step(capsys):
+    with pytest.raises(SystemExit):
+        in_memory_data.main(["--extra", "--hidden_size", "32"])
+    assert "only --train_step uses" in capsys.readouterr().err
 
 
 def test_the_ablation_probes_each_variant_on_held_out_training_images(tmp_path, monkeypatch):
