@@ -3,7 +3,7 @@
 
     python -m benchmarks.in_memory_data --dataset_name ../shared/data/cifar10
     python -m benchmarks.in_memory_data --train_step --device cuda --settings 32/4 --num_workers 12 \
-        --output_name in_memory_train_step_gpu
+        --output_name in_memory_train_step_gpu --extra --attn_implementation sdpa
 
 per-example: the DataLoader decodes each image with PIL, runs torchvision's random resized crop and
     normalisation on it, collates the batch and draws its masks (`image_data`, `SeededExamples`,
@@ -79,13 +79,14 @@ class RecipeStep:
         self.model.update_target_encoder(0.996)
 
 
-def build_loader(examples, mask_collator, batch_size: int, num_workers: int, skip_unreadable: bool) -> DataLoader:
+def build_loader(examples, mask_collator, batch_size: int, num_workers: int, skip_unreadable: bool,
+                 pin_memory: bool = False) -> DataLoader:
     """The DataLoader that pretraining builds (`modeling_ijepa.data.pipeline.build_training_data`, one process) over
-    seeded `examples`, with masks from `mask_collator`."""
+    seeded `examples`, with masks from `mask_collator`; `pin_memory` for batches bound for a GPU."""
     collate = GlobalBatchMaskCollate(mask_collator, batch_size)
     return DataLoader(examples, batch_size=batch_size, shuffle=True, drop_last=True,
                       collate_fn=SkipUnreadable(collate) if skip_unreadable else collate, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator().manual_seed(0), pin_memory=pin_memory)
 
 
 def synchronize(device: torch.device) -> None:
@@ -195,22 +196,25 @@ def main(argv=None) -> list[dict]:
                                           seed=0),
             "in_memory": InMemoryImages(images, seed=0),
         }
-        recipe = parse_recipe(["--config", str(RECIPE), "--image_size", str(image_size), "--patch_size",
-                               str(patch_size), "--per_device_train_batch_size", str(args.batch_size), *args.extra])
-        steps = {path: RecipeStep(recipe, device) for path in PATHS} if args.train_step else None
         if args.train_step:
+            recipe = parse_recipe(["--config", str(RECIPE), "--image_size", str(image_size), "--patch_size",
+                                   str(patch_size), "--per_device_train_batch_size", str(args.batch_size),
+                                   *args.extra])
+            steps = {path: RecipeStep(recipe, device) for path in PATHS}
             mask_collators = {path: build_mask_collator(recipe, input_grid(steps[path].model.config), seed=0)
                               for path in PATHS}
         else:
+            recipe = steps = None
             mask_collators = {path: MultiBlockMaskCollator(image_size, patch_size, min_context_patches=10, seed=0)
                               for path in PATHS}
         # Unreadable images are dropped at collation on the per-example path, while decoding on the other.
         loaders = {path: build_loader(examples[path], mask_collators[path], args.batch_size, args.num_workers,
-                                      skip_unreadable=path == "per_example") for path in PATHS}
+                                      skip_unreadable=path == "per_example", pin_memory=device.type == "cuda")
+                   for path in PATHS}
         row = {"image_size": image_size, "patch_size": patch_size, "batch_size": args.batch_size,
                "num_workers": args.num_workers, "timed": "training step" if args.train_step else "data",
                "device": str(device)}
-        with float32_matmul_precision(recipe.matmul_precision if args.train_step else None):
+        with float32_matmul_precision(recipe.matmul_precision if recipe else None):
             row |= compare(loaders, image_size, args.rounds, args.warmup, args.batches, steps, device)
         rows.append(row)
         print(markdown_table([row], list(row)), flush=True)
