@@ -45,7 +45,7 @@ OPTIONS_OFF = ["--variance_loss_weight", "0", "--covariance_loss_weight", "0", "
                "--crop_scale", "0.3,1.0", "--probe_feature_layers", "1", "--predictor_hidden_size", "96",
                "--predictor_num_hidden_layers", "4", "--target_scale", "0.15,0.2", "--mixed_precision", "no",
                "--per_device_train_batch_size", "128", "--target_average_layers", "1",
-               "--prediction_loss", "smooth_l1"]  # fmt: skip
+               "--prediction_loss", "smooth_l1", "--num_views", "1", "--view_invariance_weight", "0"]  # fmt: skip
 VICREG = ["--variance_loss_weight", "0.1", "--covariance_loss_weight", "0.004"]
 VICREG_X10 = ["--variance_loss_weight", "1.0", "--covariance_loss_weight", "0.04"]
 RECIPE_OPTIONS = [*VICREG_X10, "--probe_feature_layers", "4"]
@@ -135,6 +135,10 @@ VARIANTS = {
     # steps counted more than the images, so a smaller batch may gain from its extra steps.
     "recipe+bf16+batch_64": [*RECIPE_BF16, "--per_device_train_batch_size", "64"],
     "recipe+bf16+batch_32": [*RECIPE_BF16, "--per_device_train_batch_size", "32"],
+    # Seventeenth round: two crops of each image, each masked and predicted on its own, and VICReg's invariance term
+    # between their mean context tokens. 64 images of 2 crops are the recipe's 128 rows a step: the same compute.
+    "recipe+bf16+two_views_invariance": [*RECIPE_BF16, "--num_views", "2", "--view_invariance_weight", "1.0",
+                                         "--per_device_train_batch_size", "64"],
 }
 # Variants that run a fraction of --max_train_steps: the steps that take as long as the others' on 2 CPU cores. A
 # step of batch 256 took 1.66x one of batch 128 in a first timing (0.72 against 0.43 s, bf16 autocast), hence 0.6;

@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"--max_skip_fraction must lie in [0, 1], got {args.max_skip_fraction}.")
     if not 0 <= args.mask_ratio < 1:
         raise ValueError(f"--mask_ratio must lie in [0, 1), got {args.mask_ratio}.")
+    if args.num_views != 1:
+        raise ValueError(f"--num_views {args.num_views}: several crops of an image are for I-JEPA's invariance term; "
+                         "MAE trains on one crop of each image.")
     return args
 
 

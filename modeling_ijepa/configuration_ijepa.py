@@ -163,6 +163,11 @@ class IJepaConfig(StockIJepaConfig):
         prediction_loss (`str`, defaults to `"smooth_l1"`): how the predictions are compared with the targets,
             averaged over every element: `"smooth_l1"` (the paper's Huber loss with threshold 1, which on
             layer-normed targets is mostly half the squared error) or `"l1"` (the absolute error, as V-JEPA uses).
+        num_views (`int`, defaults to 1): how many crops of each image a batch holds, in consecutive rows (the
+            pretraining data's `--num_views`); each crop is masked and predicted on its own. 1 in the paper.
+        view_invariance_weight (`float`, defaults to 0.0): weight of a term that pulls together the mean
+            context-encoder tokens of an image's `num_views` crops (`view_invariance_loss`, VICReg's invariance term
+            without a projector). Not in the paper; 0 (off) reproduces it. Needs `num_views` > 1.
 
     The predictor's MLP has the same ratio to its width as the encoder's.
 
@@ -182,6 +187,8 @@ class IJepaConfig(StockIJepaConfig):
     sigreg_num_slices: int = 256
     target_average_layers: int = 1
     prediction_loss: str = "smooth_l1"
+    num_views: int = 1
+    view_invariance_weight: float | int = 0.0
 
     def __post_init__(self, **kwargs):
         if self.predictor_num_attention_heads is None:
@@ -200,12 +207,20 @@ class IJepaConfig(StockIJepaConfig):
 
     def validate_objective(self) -> None:
         """Part of `@strict`-powered validation: the regulariser weights are not negative, SIGReg has a direction, the
-        target averages layers the encoder has, and the prediction loss is one the model knows."""
-        for name in ("variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight"):
+        target averages layers the encoder has, the prediction loss is one the model knows, and an invariance term
+        has several views to compare."""
+        for name in ("variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight", "view_invariance_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}.")
         if self.sigreg_num_slices < 1:
             raise ValueError(f"`sigreg_num_slices` must be >= 1, got {self.sigreg_num_slices!r}.")
+        if self.num_views < 1:
+            raise ValueError(f"`num_views` must be >= 1, got {self.num_views!r}.")
+        if self.view_invariance_weight and self.num_views < 2:
+            raise ValueError(
+                f"`view_invariance_weight` {self.view_invariance_weight!r} needs `num_views` >= 2: with one view per "
+                "image there is nothing to compare."
+            )
         if not 1 <= self.target_average_layers <= self.num_hidden_layers:
             raise ValueError(
                 f"`target_average_layers` must be between 1 and the encoder's {self.num_hidden_layers} layers, got "

@@ -191,6 +191,25 @@ def variance_covariance_loss(
     return loss
 
 
+def view_invariance_loss(context_hidden_states: torch.Tensor, num_views: int, num_draws: int = 1) -> torch.Tensor:
+    """How far apart the crops of each image lie: the squared difference between the mean context tokens of two
+    crops of an image, averaged over features, pairs of crops and images (for two crops, `mse(z_1, z_2)`), computed
+    as twice their unbiased variance across the crops.
+
+    Args:
+        context_hidden_states: `[B * V * N, Kc, D]` context-encoder output, the `V * N` rows of image `i` at
+            `i * V * N ... (i + 1) * V * N - 1`, crop by crop, each crop's `N` mask draws together (averaged first).
+        num_views: `V`, the crops per image (at least 2).
+        num_draws: `N`, the mask draws per crop.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    pooled = context_hidden_states.float().mean(dim=1)
+    per_crop = pooled.view(-1, num_views, num_draws, pooled.shape[-1]).mean(dim=2)
+    return 2 * per_crop.var(dim=1).mean()
+
+
 def sketched_isotropic_gaussian_loss(
     features: torch.Tensor, num_slices: int, seed: int = 0, num_knots: int = 17, max_frequency: float = 5.0
 ) -> torch.Tensor:
@@ -443,7 +462,8 @@ class IJepaForPreTrainingOutput(ModelOutput):
         (beta 1, mean); set only with a regulariser on (otherwise it is `loss`).
     regularisation_loss (`torch.FloatTensor` of shape `[]`, *optional*): the weighted variance-covariance term on
         `context_hidden_states` (`config.variance_loss_weight`, `config.covariance_loss_weight`) plus the weighted
-        SIGReg term on them (`config.sigreg_loss_weight`); `None` when all are off.
+        SIGReg term on them (`config.sigreg_loss_weight`) plus the weighted invariance term between the crops of
+        each image (`config.view_invariance_weight`); `None` when all are off.
     """
 
     loss: torch.FloatTensor | None = None
@@ -543,9 +563,18 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         predicted target tokens. With `config.variance_loss_weight` or `config.covariance_loss_weight` non-zero, the
         loss adds their variance-covariance term (`variance_covariance_loss`) on the context-encoder output, all
         `B * N * Kc` tokens as samples; with `config.sigreg_loss_weight` non-zero, SIGReg on the same tokens
-        (`sketched_isotropic_gaussian_loss`, `config.sigreg_num_slices` directions).
+        (`sketched_isotropic_gaussian_loss`, `config.sigreg_num_slices` directions). With
+        `config.view_invariance_weight` non-zero, the `B` rows of `pixel_values` are `B / V` images of
+        `V = config.num_views` crops each, in consecutive rows, and the loss adds the weighted `view_invariance_loss`
+        between the mean context tokens of each image's crops.
         """
         self.context_encoder.check_pixel_values(pixel_values, interpolate_pos_encoding=False)
+        invariance_weight, num_views = self.config.view_invariance_weight, self.config.num_views
+        if invariance_weight and pixel_values.shape[0] % num_views:
+            raise ValueError(
+                f"`pixel_values` has {pixel_values.shape[0]} rows, not a multiple of `config.num_views` "
+                f"{num_views}: the invariance term needs every crop of each image."
+            )
         num_draws = num_mask_draws(pixel_values.shape[0], context_indices)
         num_rows = num_draws * pixel_values.shape[0]
         check_index_tensor("context_indices", context_indices, 2, num_rows)
@@ -562,7 +591,7 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
         variance_weight = self.config.variance_loss_weight
         covariance_weight = self.config.covariance_loss_weight
         sigreg_weight = self.config.sigreg_loss_weight
-        if variance_weight or covariance_weight or sigreg_weight:
+        if variance_weight or covariance_weight or sigreg_weight or invariance_weight:
             prediction_loss = loss
             regularisation_loss = variance_covariance_loss(context_hidden_states, variance_weight, covariance_weight)
             if sigreg_weight:
@@ -570,6 +599,9 @@ class IJepaForPreTraining(EmaTargetEncoderMixin, IJepaPreTrainedModel):
                     context_hidden_states, self.config.sigreg_num_slices, seed=regulariser_seed or 0
                 )
                 regularisation_loss = regularisation_loss + sigreg_weight * sigreg
+            if invariance_weight:
+                invariance = view_invariance_loss(context_hidden_states, num_views, num_draws)
+                regularisation_loss = regularisation_loss + invariance_weight * invariance
             loss = prediction_loss + regularisation_loss
         output = IJepaForPreTrainingOutput(
             loss=loss,
@@ -599,6 +631,7 @@ __all__ = [
     "layer_normed_last_blocks",
     "sketched_isotropic_gaussian_loss",
     "variance_covariance_loss",
+    "view_invariance_loss",
     "IJepaPreTrainedModel",
     "IJepaModel",
     "JepaPredictor",

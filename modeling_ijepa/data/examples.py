@@ -69,24 +69,29 @@ class GlobalBatchMaskCollate:
     global batch. `mask_collator` is a `MultiBlockMaskCollator` or `MultiBlock3DMaskCollator`.
 
     With a collator that draws `num_mask_draws = N` masks per image, example `i` of the global batch owns mask rows
-    `i * N ... i * N + N - 1`, and each process keeps the `N` rows of each of its examples.
+    `i * N ... i * N + N - 1`, and each process keeps the `N` rows of each of its examples. With `num_views = V`
+    crops per example (`--num_views`), each crop is an image to the mask collator: example `i` owns the `V * N`
+    rows from `i * V * N`, crop by crop.
     """
 
-    def __init__(self, mask_collator, per_device_batch_size: int, num_processes: int = 1, process_index: int = 0):
+    def __init__(self, mask_collator, per_device_batch_size: int, num_processes: int = 1, process_index: int = 0,
+                 num_views: int = 1):
         self.mask_collator = mask_collator
         self.per_device_batch_size = per_device_batch_size
         self.num_processes = num_processes
         self.process_index = process_index
+        self.num_views = num_views
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.mask_collator.set_epoch(epoch, start_batch)
 
     def __call__(self, examples: list[dict]) -> dict:
         batch = default_collate(examples)
-        context_indices, target_indices = self.mask_collator.sample_indices(self.per_device_batch_size * self.num_processes)
-        draws = getattr(self.mask_collator, "num_mask_draws", 1)
-        start = self.process_index * self.per_device_batch_size * draws
-        stop = start + len(examples) * draws  # fewer rows when unreadable examples were dropped
+        global_crops = self.per_device_batch_size * self.num_processes * self.num_views
+        context_indices, target_indices = self.mask_collator.sample_indices(global_crops)
+        rows = getattr(self.mask_collator, "num_mask_draws", 1) * self.num_views  # per example
+        start = self.process_index * self.per_device_batch_size * rows
+        stop = start + len(examples) * rows  # fewer rows when unreadable examples were dropped
         batch["context_indices"] = slice_masks(context_indices, start, stop)
         batch["target_indices"] = slice_masks(target_indices, start, stop)
         return batch

@@ -150,6 +150,18 @@ def pretraining_transform(image_size: int, crop_scale: tuple[float, float] = (0.
     )
 
 
+class Views:
+    """`num_views` independent draws of `transform` on one image, stacked: `(num_views, C, H, W)`. Drawn one after
+    the other from the example's seeded RNG, as `in_memory.InMemoryImages` draws its crops."""
+
+    def __init__(self, transform, num_views: int):
+        self.transform = transform
+        self.num_views = num_views
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.num_views)])
+
+
 def evaluation_transform(image_size: int) -> v2.Compose:
     """Resize to the model's resolution and normalise (what the exported image processor does)."""
     return v2.Compose(

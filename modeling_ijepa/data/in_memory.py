@@ -137,13 +137,16 @@ class InMemoryImages(SeededExamples):
         scale (`tuple[float, float]`): range of the crop's area, as a fraction of the image's.
         ratio (`tuple[float, float]`): range of the crop's aspect ratio (width / height).
         flip_probability (`float`): probability of a horizontal flip.
+        num_views (`int`): crops of each image (`--num_views`), drawn one after the other, crop and flip, as the
+            per-example path's `images.Views` draws them.
 
     Items are dicts of `images` (uint8 `(3, H, W)`), `crop_boxes` (int64 `(4,)`: top, left, height, width) and
-    `flips` (`bool`); collated, they are what `resized_crops` takes.
+    `flips` (`bool`); collated, they are what `resized_crops` takes. With `num_views = V > 1`, `crop_boxes` is
+    `(V, 4)` and `flips` a bool tensor `(V,)`, and `pixel_values_of` makes the `V` crops of each image.
     """
 
     def __init__(self, images: torch.Tensor, seed: int, scale: tuple[float, float] = (0.3, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_probability: float = 0.0):
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_probability: float = 0.0, num_views: int = 1):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}.")
         super().__init__(images, seed)
@@ -151,13 +154,19 @@ class InMemoryImages(SeededExamples):
         self.ratio = ratio
         self.log_ratio = torch.log(torch.tensor(ratio)).tolist()  # rounded to float32, as torchvision holds it
         self.flip_probability = flip_probability
+        self.num_views = num_views
 
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(example_seed(self.seed, self.epoch, index))
         image = self.dataset[index]
-        box = self.crop_box(generator, image.shape[1], image.shape[2])
-        flip = self.flip_probability > 0 and torch.rand(1, generator=generator).item() < self.flip_probability
-        return {"images": image, "crop_boxes": torch.tensor(box), "flips": flip}
+        boxes, flips = [], []
+        for _ in range(self.num_views):
+            boxes.append(self.crop_box(generator, image.shape[1], image.shape[2]))
+            flip = self.flip_probability > 0 and torch.rand(1, generator=generator).item() < self.flip_probability
+            flips.append(flip)
+        if self.num_views == 1:
+            return {"images": image, "crop_boxes": torch.tensor(boxes[0]), "flips": flips[0]}
+        return {"images": image, "crop_boxes": torch.tensor(boxes), "flips": torch.tensor(flips)}
 
     def crop_box(self, generator: torch.Generator, height: int, width: int) -> tuple[int, int, int, int]:
         """torchvision's `RandomResizedCrop.make_params`, drawing from `generator`, draw for draw and with the same
@@ -252,8 +261,17 @@ def resized_crops(images: torch.Tensor, crop_boxes: torch.Tensor, flips: torch.T
 def pixel_values_of(batch: dict, size: int) -> dict:
     """A batch of `InMemoryImages` (uint8 `images`, `crop_boxes`, `flips`) with those replaced by normalised
     `pixel_values` [B, 3, size, size], made on the batch's device; any other batch as it is. Every training loop calls
-    it on each batch, so a loop works with both data paths."""
+    it on each batch, so a loop works with both data paths.
+
+    With several crops per image (`--num_views V`), either path's batch becomes `pixel_values` [B * V, 3, size,
+    size], the `V` crops of image `i` at rows `i * V ... i * V + V - 1`."""
     if "images" in batch:
-        batch["pixel_values"] = resized_crops(batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips"), size)
+        images, boxes, flips = batch.pop("images"), batch.pop("crop_boxes"), batch.pop("flips")
+        if boxes.ndim == 3:  # (B, V, 4): several crops of each image
+            images = images.repeat_interleave(boxes.shape[1], dim=0)
+            boxes, flips = boxes.flatten(0, 1), flips.flatten(0, 1)
+        batch["pixel_values"] = resized_crops(images, boxes, flips, size)
+    elif "pixel_values" in batch and batch["pixel_values"].ndim == 5:  # (B, V, 3, S, S) from `images.Views`
+        batch["pixel_values"] = batch["pixel_values"].flatten(0, 1)
     return batch
 

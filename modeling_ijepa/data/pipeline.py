@@ -21,6 +21,7 @@ from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
 from modeling_ijepa.data.fingerprint import data_fingerprint
 from modeling_ijepa.data.images import (
     SkipUnreadable,
+    Views,
     find_image_column,
     load_image_dataset,
     prepare_image_dataset,
@@ -56,9 +57,11 @@ def build_image_dataset(args, image_size: int):
             check_skip_fraction(len(train) - len(images), len(train), args.max_skip_fraction, "images read")
             args.data_path = "in-memory"
             examples = InMemoryImages(images, args.seed, scale=tuple(args.crop_scale),
-                                      flip_probability=args.horizontal_flip)
+                                      flip_probability=args.horizontal_flip, num_views=args.num_views)
             return examples, description
     transform = pretraining_transform(image_size, tuple(args.crop_scale), args.horizontal_flip)
+    if args.num_views > 1:
+        transform = Views(transform, args.num_views)
     return prepare_image_dataset(train, image_column, transform), description
 
 
@@ -180,7 +183,7 @@ def build_training_data(args, accelerator, config, masks: bool = True) -> Traini
     if masks:  # every process draws the masks of the whole global batch with the same seed and keeps its rows
         collate = GlobalBatchMaskCollate(build_mask_collator(args, grid, seed=args.seed),
                                          args.per_device_train_batch_size, accelerator.num_processes,
-                                         accelerator.process_index)
+                                         accelerator.process_index, num_views=getattr(args, "num_views", 1))
     if "num_frames" not in grid and not isinstance(examples, InMemoryImages):
         # Images are decoded lazily and an unreadable one is dropped at collation (in memory, when decoded); video
         # datasets drop unreadable clips when they are built and replace a clip that fails later.

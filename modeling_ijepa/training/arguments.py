@@ -79,6 +79,12 @@ def add_image_data_arguments(group) -> None:
         "--horizontal_flip", type=float, default=0.0,
         help="Images: probability of a horizontal flip after the random resized crop; 0 (off) as in the reference.",
     )
+    group.add_argument(
+        "--num_views", type=int, default=1,
+        help="Images: crops of each image in a step, each with its own random resized crop, flip and masks; "
+             "--per_device_train_batch_size counts images, so a step trains on batch x views crops. 1 as in the "
+             "reference.",
+    )
 
 
 def add_data_arguments(group) -> None:
@@ -155,6 +161,10 @@ def add_model_arguments(group) -> None:
     group.add_argument("--prediction_loss", choices=PREDICTION_LOSSES, default="smooth_l1",
                        help="Images: how predictions are compared with the targets: 'smooth_l1' (the paper's) or "
                             "'l1' (the absolute error, V-JEPA's).")
+    group.add_argument("--view_invariance_weight", type=float, default=0.0,
+                       help="Images, with --num_views 2 or more: weight of a term that pulls together the mean "
+                            "context-encoder tokens of an image's crops (VICReg's invariance). 0 (off) reproduces "
+                            "the paper.")
 
 
 def add_masking_arguments(group) -> None:
@@ -436,7 +446,7 @@ def validate_numbers(args: argparse.Namespace) -> None:
                          f"{args.num_hidden_layers} layers (--num_hidden_layers).")
     for name in ("learning_rate", "start_lr", "final_lr", "weight_decay", "final_weight_decay", "warmup_epochs",
                  "warmup_steps", "dataloader_num_workers", "variance_loss_weight", "covariance_loss_weight",
-                 "sigreg_loss_weight"):
+                 "sigreg_loss_weight", "view_invariance_weight"):
         value = getattr(args, name)
         if value is not None and value < 0:
             raise ValueError(f"--{name} must be >= 0, got {value}.")
@@ -444,6 +454,11 @@ def validate_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--sigreg_num_slices must be >= 1, got {args.sigreg_num_slices}.")
     if args.num_mask_draws < 1:
         raise ValueError(f"--num_mask_draws must be >= 1, got {args.num_mask_draws}.")
+    if args.num_views < 1:
+        raise ValueError(f"--num_views must be >= 1, got {args.num_views}.")
+    if args.view_invariance_weight and args.num_views < 2:
+        raise ValueError(f"--view_invariance_weight {args.view_invariance_weight} compares the crops of each image: "
+                         f"it needs --num_views 2 or more, got {args.num_views}.")
     if not 1 <= args.target_average_layers <= args.num_hidden_layers:
         raise ValueError(f"--target_average_layers must be between 1 and the encoder's {args.num_hidden_layers} "
                          f"layers (--num_hidden_layers), got {args.target_average_layers}.")
@@ -469,7 +484,8 @@ def validate(args: argparse.Namespace) -> None:
     validate_numbers(args)
     if args.modality == "video":
         for name, off in (("num_mask_draws", 1), ("variance_loss_weight", 0.0), ("covariance_loss_weight", 0.0),
-                          ("sigreg_loss_weight", 0.0), ("target_average_layers", 1), ("prediction_loss", "smooth_l1")):
+                          ("sigreg_loss_weight", 0.0), ("target_average_layers", 1), ("prediction_loss", "smooth_l1"),
+                          ("num_views", 1), ("view_invariance_weight", 0.0)):
             if getattr(args, name) != off:
                 raise ValueError(f"--{name} is an image (I-JEPA) option: it is not available with --modality video.")
     if args.modality == "image" and args.architecture != "vjepa":

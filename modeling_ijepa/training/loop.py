@@ -235,7 +235,9 @@ class TrainingLoop:
         self.skipped_batches.count(result.skipped, state["global_step"] + 1, epoch)
         if result.skipped:
             return False
-        state["images_seen"] += len(inputs[self.unwrapped.main_input_name]) * self.accelerator.num_processes
+        # Images, not crops: with --num_views V a batch holds V rows of pixels for each image.
+        crops = len(inputs[self.unwrapped.main_input_name])
+        state["images_seen"] += crops // getattr(self.unwrapped.config, "num_views", 1) * self.accelerator.num_processes
         if not result.updated:
             return False
         state["global_step"] = step = state["global_step"] + 1

@@ -64,7 +64,7 @@ VJEPA2_FIELDS = {
 # The pretraining objective's fields of an I-JEPA config: a run sets them even on a model it continues.
 IJEPA_OBJECTIVE_FIELDS = (
     "variance_loss_weight", "covariance_loss_weight", "sigreg_loss_weight", "sigreg_num_slices",
-    "target_average_layers", "prediction_loss",
+    "target_average_layers", "prediction_loss", "num_views", "view_invariance_weight",
 )
 
 
