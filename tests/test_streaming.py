@@ -202,7 +202,7 @@ def streaming_args(**overrides):
         "clip_grad_after_warmup": False, "train_split": "train", "image_column_name": None, "seed": SEED,
         "shuffle_buffer_size": BUFFER, "dataset_config_name": None, "cache_dir": None,
         "per_device_train_batch_size": BATCH, "image_size": IMAGE_SIZE, "crop_scale": [0.3, 1.0],
-        "horizontal_flip": 0.0, "dataloader_num_workers": 0, "gradient_accumulation_steps": 2,
+        "horizontal_flip": 0.0, "num_views": 1, "dataloader_num_workers": 0, "gradient_accumulation_steps": 2,
     }
     return Namespace(**(args | overrides))
 

@@ -183,7 +183,7 @@ def build_training_data(args, accelerator, config, masks: bool = True) -> Traini
     if masks:  # every process draws the masks of the whole global batch with the same seed and keeps its rows
         collate = GlobalBatchMaskCollate(build_mask_collator(args, grid, seed=args.seed),
                                          args.per_device_train_batch_size, accelerator.num_processes,
-                                         accelerator.process_index, num_views=getattr(args, "num_views", 1))
+                                         accelerator.process_index, num_views=args.num_views)
     if "num_frames" not in grid and not isinstance(examples, InMemoryImages):
         # Images are decoded lazily and an unreadable one is dropped at collation (in memory, when decoded); video
         # datasets drop unreadable clips when they are built and replace a clip that fails later.

@@ -394,15 +394,14 @@ def build_streaming_training_data(args, accelerator, grid: dict[str, int], mask_
         rank=accelerator.process_index, world_size=accelerator.num_processes, config_name=args.dataset_config_name,
         cache_dir=args.cache_dir,
     )
-    num_views = getattr(args, "num_views", 1)  # arguments built without it have one view
     collate = default_collate
     if mask_collator is not None:
         collate = GlobalBatchMaskCollate(mask_collator, args.per_device_train_batch_size, accelerator.num_processes,
-                                         accelerator.process_index, num_views=num_views)
+                                         accelerator.process_index, num_views=args.num_views)
     collate = SkipUnreadable(collate)
     transform = pretraining_transform(grid["image_size"], tuple(args.crop_scale), args.horizontal_flip)
-    if num_views > 1:
-        transform = Views(transform, num_views)
+    if args.num_views > 1:
+        transform = Views(transform, args.num_views)
     dataloader = StreamingDataLoader(examples, StreamedImages(transform, args.seed), collate,
                                      args.per_device_train_batch_size, num_workers=args.dataloader_num_workers,
                                      device=accelerator.device)
