@@ -208,9 +208,16 @@ def mae_paper_learning_rate(batch_size: int) -> float:
     return MAE_BASE_LEARNING_RATE * batch_size / 256
 
 
+def rows_per_step(ijepa) -> int:
+    """Images the encoder sees per device and step under the parsed I-JEPA recipe `ijepa`: its batch of images times
+    the crops of each (`--num_views`)."""
+    return ijepa.per_device_train_batch_size * ijepa.num_views
+
+
 def mae_argv(ijepa, learning_rate: float) -> list[str]:
     """benchmarks.mae_pretraining arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
-    batch and shape of the learning-rate schedule; a decoder the size of the predictor. The peak `learning_rate`
+    rows per step and shape of the learning-rate schedule; a decoder the size of the predictor. MAE takes one crop of
+    each image, so a recipe of batch 64 x 2 crops gives it batch 128 (at 64 it broke down; README, Quality). The peak `learning_rate`
     scales the schedule's start with it (the end, near zero, stays). MAE keeps its own paper's AdamW betas (0.9,
     0.95) and constant weight decay 0.05 (benchmarks.mae_pretraining's defaults).
 
@@ -229,7 +236,7 @@ def mae_argv(ijepa, learning_rate: float) -> list[str]:
         "decoder_num_hidden_layers": ijepa.predictor_num_hidden_layers,
         "decoder_num_attention_heads": ijepa.predictor_num_attention_heads or ijepa.num_attention_heads,
         "attn_implementation": ijepa.attn_implementation,
-        "per_device_train_batch_size": ijepa.per_device_train_batch_size, "learning_rate": learning_rate,
+        "per_device_train_batch_size": rows_per_step(ijepa), "learning_rate": learning_rate,
         "start_lr": ijepa.start_lr * learning_rate / ijepa.learning_rate, "final_lr": ijepa.final_lr,
         "mixed_precision": ijepa.mixed_precision,
         "matmul_precision": ijepa.matmul_precision, "seed": ijepa.seed, "logging_steps": ijepa.logging_steps,
@@ -458,21 +465,33 @@ def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: f
     if method == "ijepa":
         tuning_note = TUNING_NOTE if Path(ijepa.config).resolve() == DEFAULT_CONFIG else ""
         return (
-            f"{Path(ijepa.config).name}: batch {ijepa.per_device_train_batch_size}, lr {ijepa.learning_rate:g} "
+            f"{Path(ijepa.config).name}: batch {batch_text(ijepa)}, lr {ijepa.learning_rate:g} "
             f"({warmup}), EMA {schedule(ijepa.ema_momentum, ijepa.final_ema_momentum)}, weight decay "
             f"{schedule(ijepa.weight_decay, ijepa.final_weight_decay)}, predictor {ijepa.predictor_hidden_size}x"
             f"{ijepa.predictor_num_hidden_layers}, {ijepa.num_targets} targets {tuple(ijepa.target_scale)}, context "
             f"{tuple(ijepa.context_scale)}, VICReg weights {ijepa.variance_loss_weight:g} / "
-            f"{ijepa.covariance_loss_weight:g}, {ijepa.prediction_loss} loss"
+            f"{ijepa.covariance_loss_weight:g}{invariance_text(ijepa)}, {ijepa.prediction_loss} loss"
             f"{target_layers_text(ijepa.target_average_layers)}{tuning_note}"
         )
     if method == "mae":
         return (
             f"ViTMAEForPreTraining, mask ratio 0.75, norm_pix_loss, decoder {ijepa.predictor_hidden_size}x"
-            f"{ijepa.predictor_num_hidden_layers}, batch {ijepa.per_device_train_batch_size}, AdamW (0.9, 0.95) "
+            f"{ijepa.predictor_num_hidden_layers}, batch {rows_per_step(ijepa)}, AdamW (0.9, 0.95) "
             f"lr {mae_learning_rate:g} ({warmup}), weight decay 0.05, same data and augmentation as I-JEPA"
         )
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
+
+
+def batch_text(ijepa) -> str:
+    if ijepa.num_views == 1:
+        return str(ijepa.per_device_train_batch_size)
+    return f"{ijepa.per_device_train_batch_size} images x {ijepa.num_views} crops"
+
+
+def invariance_text(ijepa) -> str:
+    if ijepa.view_invariance_weight == 0:
+        return ""
+    return f", invariance weight {ijepa.view_invariance_weight:g} between crops"
 
 
 def target_layers_text(average_layers: int) -> str:
@@ -559,7 +578,7 @@ def main(argv=None) -> list[dict]:
         args.feature_layers = ijepa.probe_feature_layers
     if not 1 <= args.feature_layers <= ijepa.num_hidden_layers:
         raise SystemExit(f"--feature_layers {args.feature_layers}: the encoders have {ijepa.num_hidden_layers} layers.")
-    mae_learning_rate = args.mae_learning_rate or mae_paper_learning_rate(ijepa.per_device_train_batch_size)
+    mae_learning_rate = args.mae_learning_rate or mae_paper_learning_rate(rows_per_step(ijepa))
     argvs = {"ijepa": base_argv, "mae": mae_argv(ijepa, mae_learning_rate)}
     model_dirs = {"ijepa": output_dir / "ijepa", "mae": output_dir / "mae", "random": output_dir / "random_init"}
 

@@ -202,6 +202,23 @@ def test_mae_learning_rate_scales_maes_whole_schedule_and_is_recorded(capsys):
     assert "--mae_learning_rate must be positive" in capsys.readouterr().err
 
 
+def test_mae_sees_as_many_rows_a_step_as_a_recipe_of_several_crops(capsys):
+    """A recipe of 64 images x 2 crops puts 128 rows through the encoder a step; MAE (one crop per image) gets batch
+    128 and its paper's rate for 128, not 64 (at which it broke down), and both rows' recipe texts say so."""
+    from benchmarks import mae_pretraining
+    from modeling_ijepa.training import arguments
+
+    ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG), "--per_device_train_batch_size",
+                                  "64", "--num_views", "2", "--view_invariance_weight", "1"])
+    assert quality_cifar10.rows_per_step(ijepa) == 128
+    learning_rate = quality_cifar10.mae_paper_learning_rate(quality_cifar10.rows_per_step(ijepa))
+    mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, learning_rate) + ["--max_train_steps", "1"])
+    assert mae.per_device_train_batch_size == 128 and learning_rate == pytest.approx(7.5e-5)
+    ijepa_text = quality_cifar10.recipe_text("ijepa", ijepa, 0.1, learning_rate)
+    assert "batch 64 images x 2 crops" in ijepa_text and "invariance weight 1 between crops" in ijepa_text
+    assert "batch 128," in quality_cifar10.recipe_text("mae", ijepa, 0.1, learning_rate)
+
+
 @pytest.mark.parametrize("folds", ["0", "11"])
 def test_lowshot_folds_must_each_hold_an_image_of_every_class(folds, capsys):
     with pytest.raises(SystemExit):

@@ -107,7 +107,8 @@ def train(args, step_callback=None):
     logger.info(f"***** Pretraining ({args.modality}) *****")
     logger.info(f"  Examples = {data.num_examples or 'streamed'}, epochs = {settings.num_epochs}, "
                 f"optimizer steps = {settings.total_steps}")
-    logger.info(f"  Per-device batch = {args.per_device_train_batch_size}, global batch = {global_batch}")
+    crops = f" images x {args.num_views} crops" if args.num_views > 1 else ""
+    logger.info(f"  Per-device batch = {args.per_device_train_batch_size}{crops}, global batch = {global_batch}{crops}")
     train_step = build_step(args, accelerator, model, optimizer, schedules)
     loop = TrainingLoop(accelerator, model, optimizer, train_step, data, state, settings, output_dir, step_callback)
     with float32_matmul_precision(args.matmul_precision):
