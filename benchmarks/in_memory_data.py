@@ -24,7 +24,9 @@ pixel values, the bound on any path that hands the model fresh ones.
 float32 pixel values on the other), cropped there on the in-memory path, and trained on with one step of
 `configs/cifar10_quality.yaml`'s model at the setting's image and patch size (`RecipeStep`: forward under the
 recipe's mixed and matmul precision, backward, AdamW, EMA update), masks drawn by the recipe's collator. Each path
-trains its own copy of the model, from the same initialisation. `--extra` passes run_pretraining.py options on top
+trains its own copy of the model, from the same initialisation. Both paths load one crop of each image, `--batch_size`
+rows a step; the recipe's invariance term pairs consecutive rows as if they were its two crops of one image, which
+costs what the real pairs cost. `--extra` passes run_pretraining.py options on top
 of the recipe (e.g. `--attn_implementation sdpa` on a GPU; the recipe's eager attention is its CPU choice).
 """
 

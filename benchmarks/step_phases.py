@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Where the CIFAR-10 recipe's training step spends its time, phase by phase, at its batch and at twice it.
+"""Where the CIFAR-10 recipe's training step spends its time, phase by phase, at its batch and at batch 256.
 
     python -m benchmarks.step_phases                 # writes benchmarks/results/step_phases.json
 
@@ -100,13 +100,18 @@ class TimedStep:
             self.phases[phase].append(seconds)
 
 
+def rows_of(options: list[str]) -> int:
+    """Rows a step puts through the encoders under the recipe with `options`: its images times the crops of each."""
+    parsed = parse_recipe(["--config", str(RECIPE), *options])
+    return parsed.per_device_train_batch_size * parsed.num_views
+
+
 def variant_batch(options: list[str], batch: int) -> int:
-    """A variant's batch for a recipe run at `batch`: the variant's batch in the same ratio to the recipe's, so that
-    `--extra`'s smaller batch scales with it (half the recipe's batch stays half)."""
-    variant = parse_recipe(["--config", str(RECIPE), *options]).per_device_train_batch_size
-    recipe = parse_recipe(["--config", str(RECIPE)]).per_device_train_batch_size
+    """A variant's rows for a recipe run at `batch` rows: the variant's rows in the same ratio to the recipe's, so
+    that `--extra`'s smaller batch scales with it (half the recipe's rows stay half)."""
+    variant, recipe = rows_of(options), rows_of([])
     if (batch * variant) % recipe:
-        raise ValueError(f"A variant's batch ({variant}) scaled to a recipe batch of {batch} must be whole: "
+        raise ValueError(f"A variant's rows ({variant}) scaled to a recipe of {batch} rows must be whole: "
                          f"{batch} x {variant} / {recipe} is not.")
     return batch * variant // recipe
 
@@ -123,7 +128,7 @@ def main(argv=None) -> dict:
                         help="Variants timed against the recipe, step by step in turn.")
     args = parser.parse_args(argv)
     recipe = parse_recipe(["--config", str(RECIPE), *args.extra])
-    batch = recipe.per_device_train_batch_size
+    batch = recipe.per_device_train_batch_size * recipe.num_views  # rows: images x crops of each
     steps = {"recipe": TimedStep(recipe, batch)}
     for name in args.variants:
         variant = parse_recipe(["--config", str(RECIPE), *args.extra, *VARIANTS[name]])

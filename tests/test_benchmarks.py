@@ -198,7 +198,8 @@ def test_step_phases_times_every_phase_of_the_recipes_step_against_its_variants(
     assert json.loads((tmp_path / "phases_tiny.json").read_text()) == json.loads(json.dumps(payload))
     recipe, doubled, deeper = payload["rows"]
     assert [row["variant"] for row in payload["rows"]] == ["recipe", "batch_256", "depth_12"]
-    assert (recipe["batch_size"], doubled["batch_size"], deeper["batch_size"]) == (4, 8, 4)
+    # Rows: the recipe's 4 images x 2 crops; batch 256 (of 2 crops) is four times the recipe's 128 rows.
+    assert (recipe["batch_size"], doubled["batch_size"], deeper["batch_size"]) == (8, 32, 8)
     for row in (recipe, doubled, deeper):
         phases = [row[f"{phase}_s"] for phase in step_phases.PHASES]
         assert all(seconds > 0 for seconds in phases)
@@ -220,12 +221,14 @@ def test_step_phases_variants_are_the_ablations_on_top_of_either_recipe_base():
     assert len(prefixed) + 1 == len(step_phases.VARIANTS)  # and the speed-only SDPA variant
 
 
-def test_step_phases_scales_a_variants_batch_with_the_recipes():
+def test_step_phases_scales_a_variants_rows_with_the_recipes():
     from benchmarks import step_phases
 
-    # The recipe's 128 run at 4 (a test's --extra): batch 256 doubles it, batch 64 halves it.
-    assert step_phases.variant_batch(step_phases.VARIANTS["batch_256"], 4) == 8
-    assert step_phases.variant_batch(step_phases.VARIANTS["batch_64"], 4) == 2
+    # The recipe's 128 rows (64 images x 2 crops) run at 4 rows (a test's --extra): batch 256 of 2 crops is four times
+    # the rows, the two crops' variant (the recipe since its adoption) the same, one crop of each image half.
+    assert step_phases.variant_batch(step_phases.VARIANTS["batch_256"], 4) == 16
     assert step_phases.variant_batch(step_phases.VARIANTS["depth_12"], 4) == 4
+    assert step_phases.variant_batch(step_phases.VARIANTS["two_views_invariance"], 4) == 4
+    assert step_phases.variant_batch(["--num_views", "1"], 4) == 2
     with pytest.raises(ValueError, match=r"3 x 64 / 128 is not"):
-        step_phases.variant_batch(step_phases.VARIANTS["batch_64"], 3)
+        step_phases.variant_batch(["--num_views", "1"], 3)

@@ -55,12 +55,13 @@ def test_quality_benchmark_end_to_end(tmp_path):
         assert row["lowshot_top1"] == pytest.approx(sum(row["lowshot_top1_draws"]) / 2, abs=1e-4)
         assert [entry["weight_decay"] for entry in lowshot["linear_probe"]["sweep"]] == row["lowshot_weight_decays"]
         assert max(row["lowshot_weight_decays"]) == 100.0
-    for row in written[:2]:
-        assert 0 < row["steps"] <= row["planned_steps"] and row["images_seen"] == 32 * row["steps"]
+    # I-JEPA saw 32 images a step in the recipe's two crops each; MAE the same 64 rows, one crop of 64 images.
+    for row, images_per_step in zip(written[:2], (32, 64)):
+        assert 0 < row["steps"] <= row["planned_steps"] and row["images_seen"] == images_per_step * row["steps"]
         assert row["calibrated_images_per_second"] > 0 and row["device"] == "cpu"
     assert written[2]["images_seen"] == 0
-    # MAE ran at its own paper's peak learning rate for the batch: 1.5e-4 x 32 / 256.
-    assert "lr 1.875e-05 " in written[1]["recipe"]
+    # MAE ran at its own paper's peak learning rate for its batch: 1.5e-4 x 64 / 256.
+    assert "lr 3.75e-05 " in written[1]["recipe"] and "batch 32 images x 2 crops" in written[0]["recipe"]
 
     table = (results_dir / "quality_cifar10.md").read_text()
     assert all(row["seed"] == 0 for row in written)
@@ -138,6 +139,19 @@ def test_runs_of_several_seeds_sit_side_by_side_and_the_goals_are_judged_on_thei
         {row["method"]: row for row in run(1)})
 
 
+def test_the_reproducing_command_names_a_config_other_than_the_recipe(tmp_path):
+    import argparse
+
+    args = quality_cifar10.parse_args(["--hidden_size", "64", "--mae_learning_rate", "1e-4"])
+    in_repository = quality_cifar10.REPO_ROOT / "configs" / "cifar10_vit_tiny.yaml"
+    elsewhere = tmp_path / "two_views.yaml"
+    flags = {config: quality_cifar10.reproducing_flags(args, argparse.Namespace(config=str(config)))
+             for config in (quality_cifar10.DEFAULT_CONFIG, in_repository, elsewhere)}
+    assert flags[quality_cifar10.DEFAULT_CONFIG] == " --hidden_size 64 --mae_learning_rate 0.0001"
+    assert flags[in_repository] == " --config configs/cifar10_vit_tiny.yaml --hidden_size 64 --mae_learning_rate 0.0001"
+    assert flags[elsewhere] == " --config two_views.yaml --hidden_size 64 --mae_learning_rate 0.0001"
+
+
 def test_calibration_times_the_steady_state_after_the_prefetched_batches(monkeypatch):
     """With 3 workers the first 2 + 2 * 3 steps come from the prefetch buffer (fast here); only later ones count."""
     import argparse
@@ -175,8 +189,9 @@ def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
     mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, 7.5e-5) + ["--max_train_steps", "1"])
     for name in ("in_memory_data", "max_in_memory_gib", "horizontal_flip", "crop_scale", "matmul_precision",
                  "attn_implementation", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
-                 "per_device_train_batch_size", "final_lr", "mixed_precision"):
+                 "final_lr", "mixed_precision"):
         assert getattr(mae, name) == getattr(ijepa, name), name
+    assert mae.per_device_train_batch_size == quality_cifar10.rows_per_step(ijepa)
     # The recipe's, so the check above is not vacuous.
     assert mae.in_memory_data and mae.matmul_precision == "medium" and mae.mixed_precision == "auto"
 
@@ -202,14 +217,14 @@ def test_mae_learning_rate_scales_maes_whole_schedule_and_is_recorded(capsys):
     assert "--mae_learning_rate must be positive" in capsys.readouterr().err
 
 
-def test_mae_sees_as_many_rows_a_step_as_a_recipe_of_several_crops(capsys):
-    """A recipe of 64 images x 2 crops puts 128 rows through the encoder a step; MAE (one crop per image) gets batch
+def test_mae_sees_as_many_rows_a_step_as_the_recipes_two_crops():
+    """The recipe's 64 images x 2 crops put 128 rows through the encoder a step; MAE (one crop per image) gets batch
     128 and its paper's rate for 128, not 64 (at which it broke down), and both rows' recipe texts say so."""
     from benchmarks import mae_pretraining
     from modeling_ijepa.training import arguments
 
-    ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG), "--per_device_train_batch_size",
-                                  "64", "--num_views", "2", "--view_invariance_weight", "1"])
+    ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG)])
+    assert (ijepa.per_device_train_batch_size, ijepa.num_views, ijepa.view_invariance_weight) == (64, 2, 1.0)
     assert quality_cifar10.rows_per_step(ijepa) == 128
     learning_rate = quality_cifar10.mae_paper_learning_rate(quality_cifar10.rows_per_step(ijepa))
     mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, learning_rate) + ["--max_train_steps", "1"])
