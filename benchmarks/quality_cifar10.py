@@ -33,7 +33,8 @@ on ImageNet over 300 epochs), on a held-out 10% of the training split, 5-minute 
 - 64 images a step, each in two crops (`num_views: 2`), with VICReg's invariance term between the mean context
   tokens of an image's two crops (`view_invariance_weight: 1`): 128 rows a step, as batch 128 with one crop had.
   In the 30-minute benchmark it gave +4.6 points of linear top-1 and +2.5 of low-shot top-1 over batch 128 with one
-  crop, and -2.5 of kNN (mean of three seeds). MAE takes one crop of each image, at batch 128 (`rows_per_step`);
+  crop, and -2.5 of kNN (mean of three seeds). MAE takes one crop of each image, at batch 128
+  (`arguments.rows_per_step`);
 - peak learning rate 5e-4 after a linear warmup over the first 10% of the steps, then cosine; EMA
   momentum 0.996 -> 1.0 as in the paper. Peak 1.5e-3 with EMA 0.99 (to move faster in a short run) collapsed
   within 80 steps: the per-dimension std of the target features fell from 0.43 at initialisation to 0.13;
@@ -212,12 +213,6 @@ def mae_paper_learning_rate(batch_size: int) -> float:
     return MAE_BASE_LEARNING_RATE * batch_size / 256
 
 
-def rows_per_step(ijepa) -> int:
-    """Images the encoder sees per device and step under the parsed I-JEPA recipe `ijepa`: its batch of images times
-    the crops of each (`--num_views`)."""
-    return ijepa.per_device_train_batch_size * ijepa.num_views
-
-
 def mae_argv(ijepa, learning_rate: float) -> list[str]:
     """benchmarks.mae_pretraining arguments matching the parsed I-JEPA recipe `ijepa`: same data, augmentation, encoder,
     rows per step and shape of the learning-rate schedule; a decoder the size of the predictor. MAE takes one crop of
@@ -240,7 +235,7 @@ def mae_argv(ijepa, learning_rate: float) -> list[str]:
         "decoder_num_hidden_layers": ijepa.predictor_num_hidden_layers,
         "decoder_num_attention_heads": ijepa.predictor_num_attention_heads or ijepa.num_attention_heads,
         "attn_implementation": ijepa.attn_implementation,
-        "per_device_train_batch_size": rows_per_step(ijepa), "learning_rate": learning_rate,
+        "per_device_train_batch_size": arguments.rows_per_step(ijepa), "learning_rate": learning_rate,
         "start_lr": ijepa.start_lr * learning_rate / ijepa.learning_rate, "final_lr": ijepa.final_lr,
         "mixed_precision": ijepa.mixed_precision,
         "matmul_precision": ijepa.matmul_precision, "seed": ijepa.seed, "logging_steps": ijepa.logging_steps,
@@ -480,7 +475,7 @@ def recipe_text(method: str, ijepa, warmup_fraction: float, mae_learning_rate: f
     if method == "mae":
         return (
             f"ViTMAEForPreTraining, mask ratio 0.75, norm_pix_loss, decoder {ijepa.predictor_hidden_size}x"
-            f"{ijepa.predictor_num_hidden_layers}, batch {rows_per_step(ijepa)}, AdamW (0.9, 0.95) "
+            f"{ijepa.predictor_num_hidden_layers}, batch {arguments.rows_per_step(ijepa)}, AdamW (0.9, 0.95) "
             f"lr {mae_learning_rate:g} ({warmup}), weight decay 0.05, same data and augmentation as I-JEPA"
         )
     return "the I-JEPA encoder architecture with fresh random weights (run_linear_probe.py --random_init)"
@@ -591,7 +586,7 @@ def main(argv=None) -> list[dict]:
         args.feature_layers = ijepa.probe_feature_layers
     if not 1 <= args.feature_layers <= ijepa.num_hidden_layers:
         raise SystemExit(f"--feature_layers {args.feature_layers}: the encoders have {ijepa.num_hidden_layers} layers.")
-    mae_learning_rate = args.mae_learning_rate or mae_paper_learning_rate(rows_per_step(ijepa))
+    mae_learning_rate = args.mae_learning_rate or mae_paper_learning_rate(arguments.rows_per_step(ijepa))
     argvs = {"ijepa": base_argv, "mae": mae_argv(ijepa, mae_learning_rate)}
     model_dirs = {"ijepa": output_dir / "ijepa", "mae": output_dir / "mae", "random": output_dir / "random_init"}
 

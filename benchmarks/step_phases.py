@@ -28,6 +28,7 @@ from benchmarks.ablation_cifar10 import VARIANTS as ABLATION_VARIANTS
 from benchmarks.common import interleaved_seconds, machine, per_round_ratios, write_results
 from modeling_ijepa.data.pipeline import build_mask_collator, input_grid
 from modeling_ijepa.training.arguments import parse_args as parse_recipe
+from modeling_ijepa.training.arguments import rows_per_step
 from modeling_ijepa.training.models import build_model
 from modeling_ijepa.training.optimization import build_optimizer
 from modeling_ijepa.training.runtime import float32_matmul_precision, resolve_mixed_precision
@@ -100,16 +101,11 @@ class TimedStep:
             self.phases[phase].append(seconds)
 
 
-def rows_of(options: list[str]) -> int:
-    """Rows a step puts through the encoders under the recipe with `options`: its images times the crops of each."""
-    parsed = parse_recipe(["--config", str(RECIPE), *options])
-    return parsed.per_device_train_batch_size * parsed.num_views
-
-
 def variant_batch(options: list[str], batch: int) -> int:
     """A variant's rows for a recipe run at `batch` rows: the variant's rows in the same ratio to the recipe's, so
     that `--extra`'s smaller batch scales with it (half the recipe's rows stay half)."""
-    variant, recipe = rows_of(options), rows_of([])
+    variant = rows_per_step(parse_recipe(["--config", str(RECIPE), *options]))
+    recipe = rows_per_step(parse_recipe(["--config", str(RECIPE)]))
     if (batch * variant) % recipe:
         raise ValueError(f"A variant's rows ({variant}) scaled to a recipe of {batch} rows must be whole: "
                          f"{batch} x {variant} / {recipe} is not.")
@@ -128,7 +124,7 @@ def main(argv=None) -> dict:
                         help="Variants timed against the recipe, step by step in turn.")
     args = parser.parse_args(argv)
     recipe = parse_recipe(["--config", str(RECIPE), *args.extra])
-    batch = recipe.per_device_train_batch_size * recipe.num_views  # rows: images x crops of each
+    batch = rows_per_step(recipe)
     steps = {"recipe": TimedStep(recipe, batch)}
     for name in args.variants:
         variant = parse_recipe(["--config", str(RECIPE), *args.extra, *VARIANTS[name]])

@@ -191,7 +191,7 @@ def test_mae_gets_the_recipes_data_path_augmentation_and_precision():
                  "attn_implementation", "image_size", "patch_size", "hidden_size", "num_hidden_layers",
                  "final_lr", "mixed_precision"):
         assert getattr(mae, name) == getattr(ijepa, name), name
-    assert mae.per_device_train_batch_size == quality_cifar10.rows_per_step(ijepa)
+    assert mae.per_device_train_batch_size == arguments.rows_per_step(ijepa)
     # The recipe's, so the check above is not vacuous.
     assert mae.in_memory_data and mae.matmul_precision == "medium" and mae.mixed_precision == "auto"
 
@@ -225,8 +225,8 @@ def test_mae_sees_as_many_rows_a_step_as_the_recipes_two_crops():
 
     ijepa = arguments.parse_args(["--config", str(quality_cifar10.DEFAULT_CONFIG)])
     assert (ijepa.per_device_train_batch_size, ijepa.num_views, ijepa.view_invariance_weight) == (64, 2, 1.0)
-    assert quality_cifar10.rows_per_step(ijepa) == 128
-    learning_rate = quality_cifar10.mae_paper_learning_rate(quality_cifar10.rows_per_step(ijepa))
+    assert arguments.rows_per_step(ijepa) == 128
+    learning_rate = quality_cifar10.mae_paper_learning_rate(arguments.rows_per_step(ijepa))
     mae = mae_pretraining.parse_args(quality_cifar10.mae_argv(ijepa, learning_rate) + ["--max_train_steps", "1"])
     assert mae.per_device_train_batch_size == 128 and learning_rate == pytest.approx(7.5e-5)
     ijepa_text = quality_cifar10.recipe_text("ijepa", ijepa, 0.1, learning_rate)

@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 import run_pretraining
 from modeling_ijepa import IJepaConfig, IJepaForPreTraining, MultiBlockMaskCollator
 from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
-from modeling_ijepa.data.images import Views, find_image_column, prepare_image_dataset, pretraining_transform
+from modeling_ijepa.data.images import find_image_column, prepare_image_dataset, pretraining_transform
 from modeling_ijepa.data.in_memory import InMemoryImages, decode_images, pixel_values_of
 from modeling_ijepa.modeling_ijepa import view_invariance_loss
 
@@ -32,7 +32,7 @@ def cifar():
 
 def test_both_data_paths_make_the_same_crops_of_each_image(cifar):
     train, image_column, images = cifar
-    transform = Views(pretraining_transform(32, flip_probability=0.5), num_views=3)
+    transform = pretraining_transform(32, flip_probability=0.5, num_views=3)
     per_example = SeededExamples(prepare_image_dataset(train, image_column, transform), seed=4)
     in_memory = InMemoryImages(images, seed=4, flip_probability=0.5, num_views=3)
     per_example.set_epoch(2)

@@ -135,11 +135,12 @@ def decode_image(value) -> PILImage.Image:
 
 
 def pretraining_transform(image_size: int, crop_scale: tuple[float, float] = (0.3, 1.0),
-                          flip_probability: float = 0.0) -> v2.Compose:
+                          flip_probability: float = 0.0, num_views: int = 1):
     """The I-JEPA recipe: random resized crop, ImageNet normalisation, no other augmentation; optionally a
-    horizontal flip after the crop (off in the reference), drawn as `in_memory_images.InMemoryImages` draws it."""
+    horizontal flip after the crop (off in the reference), drawn as `in_memory_images.InMemoryImages` draws it. With
+    `num_views` above 1 (`--num_views`), that many independent crops of each image, stacked (`Views`)."""
     flip = [v2.RandomHorizontalFlip(flip_probability)] if flip_probability > 0 else []
-    return v2.Compose(
+    transform = v2.Compose(
         [
             v2.PILToTensor(),
             v2.RandomResizedCrop(image_size, scale=crop_scale, antialias=True),
@@ -148,6 +149,7 @@ def pretraining_transform(image_size: int, crop_scale: tuple[float, float] = (0.
             v2.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ]
     )
+    return Views(transform, num_views) if num_views > 1 else transform
 
 
 class Views:

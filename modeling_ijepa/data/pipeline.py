@@ -21,7 +21,6 @@ from modeling_ijepa.data.examples import GlobalBatchMaskCollate, SeededExamples
 from modeling_ijepa.data.fingerprint import data_fingerprint
 from modeling_ijepa.data.images import (
     SkipUnreadable,
-    Views,
     find_image_column,
     load_image_dataset,
     prepare_image_dataset,
@@ -59,9 +58,7 @@ def build_image_dataset(args, image_size: int):
             examples = InMemoryImages(images, args.seed, scale=tuple(args.crop_scale),
                                       flip_probability=args.horizontal_flip, num_views=args.num_views)
             return examples, description
-    transform = pretraining_transform(image_size, tuple(args.crop_scale), args.horizontal_flip)
-    if args.num_views > 1:
-        transform = Views(transform, args.num_views)
+    transform = pretraining_transform(image_size, tuple(args.crop_scale), args.horizontal_flip, args.num_views)
     return prepare_image_dataset(train, image_column, transform), description
 
 

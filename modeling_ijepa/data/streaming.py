@@ -44,13 +44,7 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader, default_collate
 
 from modeling_ijepa.data.examples import GlobalBatchMaskCollate, example_seed
-from modeling_ijepa.data.images import (
-    DecodeAndTransform,
-    SkipUnreadable,
-    Views,
-    find_image_column,
-    pretraining_transform,
-)
+from modeling_ijepa.data.images import DecodeAndTransform, SkipUnreadable, find_image_column, pretraining_transform
 
 # The last entry of the window-order seed, so that a window's order and the example seeds `example_seed(seed,
 # epoch, position)` come from unrelated streams.
@@ -399,9 +393,8 @@ def build_streaming_training_data(args, accelerator, grid: dict[str, int], mask_
         collate = GlobalBatchMaskCollate(mask_collator, args.per_device_train_batch_size, accelerator.num_processes,
                                          accelerator.process_index, num_views=args.num_views)
     collate = SkipUnreadable(collate)
-    transform = pretraining_transform(grid["image_size"], tuple(args.crop_scale), args.horizontal_flip)
-    if args.num_views > 1:
-        transform = Views(transform, args.num_views)
+    transform = pretraining_transform(grid["image_size"], tuple(args.crop_scale), args.horizontal_flip,
+                                      args.num_views)
     dataloader = StreamingDataLoader(examples, StreamedImages(transform, args.seed), collate,
                                      args.per_device_train_batch_size, num_workers=args.dataloader_num_workers,
                                      device=accelerator.device)

@@ -531,3 +531,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.streaming:
         check_streaming_arguments(args)
     return args
+
+
+def rows_per_step(args: argparse.Namespace) -> int:
+    """Rows of pixels a process puts through the encoders a step: `--per_device_train_batch_size` images times the
+    `--num_views` crops of each."""
+    return args.per_device_train_batch_size * args.num_views
